@@ -1,0 +1,149 @@
+"""One typed settings object: defaults < YAML file < environment (prefix ``MLSIG_``, nesting ``__``).
+
+The YAML file is ``$MLSIG_CONFIG_FILE`` if set, else ``mlsignals.yaml`` in the working directory
+when it exists. Example: ``MLSIG_DATA__SOURCE=exchange`` or ``MLSIG_DATABASE_URL=postgresql+psycopg://…``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "MLSIG_"
+CONFIG_FILE_ENV = "MLSIG_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "mlsignals.yaml"
+
+
+class SchedulerSettings(BaseModel):
+    interval_seconds: int = Field(60, ge=1)
+
+
+class SignalSettings(BaseModel):
+    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    max_signals_per_symbol: int = Field(1, ge=1)
+
+
+class MonitoringSettings(BaseModel):
+    metrics_enabled: bool = True
+    alert_threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class MLIntegrationSettings(BaseModel):
+    """The seed system's ``ml_integration`` keys, with its defaults."""
+
+    scheduler: SchedulerSettings = SchedulerSettings()
+    batch_size: int = Field(50, ge=1)
+    max_parallel: int = Field(10, ge=1)
+    signals: SignalSettings = SignalSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+
+
+class ExchangeSettings(BaseModel):
+    """ccxt exchange used when ``data.source`` is ``exchange`` (and by live trading later)."""
+
+    id: str = "bybit"
+    market_type: Literal["swap", "spot", "future"] = "swap"
+    timeout_ms: int = Field(10_000, ge=100)
+    enable_rate_limit: bool = True
+    max_retries: int = Field(4, ge=0)
+    retry_base_delay_s: float = Field(0.5, ge=0.0)
+    page_limit: int = Field(1000, ge=1, le=1000)
+    # Overrides ccxt's REST endpoints, e.g. {"public": "http://127.0.0.1:8900"}; used by the tests'
+    # local exchange server and for testnets.
+    api_urls: dict[str, str] = Field(default_factory=dict)
+
+
+class SimulatorSettings(BaseModel):
+    seed: int = 7
+    universe_size: int = Field(1000, ge=1, le=10_000)
+
+
+class DataSettings(BaseModel):
+    source: Literal["simulator", "exchange"] = "simulator"
+    symbols: list[str] = Field(default_factory=list)
+    # Used when ``symbols`` is empty: the first N symbols the source lists.
+    universe_size: int = Field(50, ge=1)
+    interval: Literal["1m"] = "1m"
+    bar_minutes: int = Field(15, ge=1, le=240)
+    # Validation rules (docs/DATA_VALIDATION.md).
+    max_fill_gap_minutes: int = Field(3, ge=0)
+    max_abs_log_return: float = Field(0.25, gt=0.0)
+    stale_after_seconds: int = Field(300, ge=60)
+    insert_chunk_rows: int = Field(200_000, ge=1000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    log_level: str = "INFO"
+    log_json: bool = False
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    exchange: ExchangeSettings = ExchangeSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    data: DataSettings = DataSettings()
+    ml_integration: MLIntegrationSettings = MLIntegrationSettings()
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'mlsignals.db').as_posix()}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_path()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def config_file_path() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_FILE_ENV}={explicit} does not name a file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()

@@ -1,0 +1,4 @@
+"""Market data: database models and sessions, candle sources, validation, ingestion, the candle store.
+
+May import ``core``; never ``ml``, ``trading``, ``tasks`` or ``worker``.
+"""
