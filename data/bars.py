@@ -1,0 +1,147 @@
+"""Anchored bars (DESIGN.md §3): model bars built from closed 1-minute candles ending at a minute.
+
+For an anchor minute ``A`` (the open time of the forming candle, i.e. "now" on the minute grid) and a
+bar of ``m`` minutes, bar ``k`` (0 = newest) covers the candles with open time in
+``[A - (k+1)·m, A - k·m)``. A bar is *complete* when all ``m`` candles are present; an incomplete bar
+has NaN prices so that nothing downstream can mistake it for real data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.timegrid import MINUTE_MS
+
+BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+
+
+@dataclass(frozen=True)
+class BarPanel:
+    """Anchored bars of many symbols on one time axis, as ``[symbol, bar]`` arrays (oldest bar first)."""
+
+    symbols: list[str]
+    anchor_ms: int
+    bar_minutes: int
+    bar_open_ms: np.ndarray  # int64 [n_bars], ascending open time of each bar
+    open: np.ndarray  # float64 [n_symbols, n_bars]
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    complete: np.ndarray  # bool [n_symbols, n_bars]
+
+    @property
+    def n_bars(self) -> int:
+        return int(self.bar_open_ms.shape[0])
+
+    def index(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(pd.to_datetime(self.bar_open_ms, unit="ms", utc=True), name="time")
+
+    def frame(self, symbol: str) -> pd.DataFrame:
+        """One symbol's bars as the DataFrame ``ml.features.compute`` takes."""
+        i = self.symbols.index(symbol)
+        return pd.DataFrame(
+            {name: getattr(self, name)[i] for name in BAR_FIELDS},
+            index=self.index(),
+        )
+
+    def incomplete_symbols(self) -> dict[str, int]:
+        """Symbols with at least one incomplete bar, and how many."""
+        missing = (~self.complete).sum(axis=1)
+        return {s: int(n) for s, n in zip(self.symbols, missing, strict=True) if n}
+
+
+def bar_open_times(anchor_ms: int, n_bars: int, bar_minutes: int) -> np.ndarray:
+    bar_ms = bar_minutes * MINUTE_MS
+    return anchor_ms - bar_ms * np.arange(n_bars, 0, -1, dtype=np.int64)
+
+
+def aggregate_minutes(
+    open_time: np.ndarray,
+    ohlcv: np.ndarray,
+    anchor_ms: int,
+    n_bars: int,
+    bar_minutes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregate one symbol's 1-minute candles into anchored bars.
+
+    ``open_time`` is int64 [n], ``ohlcv`` float64 [n, 5]. Candles outside the window are ignored.
+    Returns ``(bars [n_bars, 5], complete [n_bars])`` with bars oldest first.
+    """
+    total = n_bars * bar_minutes
+    start = anchor_ms - total * MINUTE_MS
+    slot = (open_time - start) // MINUTE_MS
+    keep = (slot >= 0) & (slot < total) & ((open_time - start) % MINUTE_MS == 0)
+    grid = np.full((total, 5), np.nan)
+    grid[slot[keep]] = ohlcv[keep]
+    cube = grid.reshape(n_bars, bar_minutes, 5)
+    complete = ~np.isnan(cube[:, :, 3]).any(axis=1)
+    bars = np.full((n_bars, 5), np.nan)
+    with np.errstate(invalid="ignore"):
+        bars[:, 0] = cube[:, 0, 0]
+        bars[:, 1] = cube[:, :, 1].max(axis=1)
+        bars[:, 2] = cube[:, :, 2].min(axis=1)
+        bars[:, 3] = cube[:, -1, 3]
+        bars[:, 4] = cube[:, :, 4].sum(axis=1)
+    bars[~complete] = np.nan
+    return bars, complete
+
+
+def panel_from_candles(
+    candles: dict[str, pd.DataFrame], anchor_ms: int, n_bars: int, bar_minutes: int
+) -> BarPanel:
+    """Build a ``BarPanel`` from per-symbol candle frames (``data.candles`` layout)."""
+    symbols = list(candles)
+    shape = (len(symbols), n_bars)
+    arrays = {name: np.full(shape, np.nan) for name in BAR_FIELDS}
+    complete = np.zeros(shape, dtype=bool)
+    for i, symbol in enumerate(symbols):
+        frame = candles[symbol]
+        bars, ok = aggregate_minutes(
+            frame["open_time"].to_numpy(dtype=np.int64),
+            frame[list(BAR_FIELDS)].to_numpy(dtype=np.float64),
+            anchor_ms,
+            n_bars,
+            bar_minutes,
+        )
+        for j, name in enumerate(BAR_FIELDS):
+            arrays[name][i] = bars[:, j]
+        complete[i] = ok
+    return BarPanel(
+        symbols=symbols,
+        anchor_ms=anchor_ms,
+        bar_minutes=bar_minutes,
+        bar_open_ms=bar_open_times(anchor_ms, n_bars, bar_minutes),
+        complete=complete,
+        **arrays,
+    )
+
+
+def resample_anchored(candles: pd.DataFrame, bar_minutes: int, phase_minute: int = 0) -> pd.DataFrame:
+    """Every anchored bar of a long history whose anchors are ``phase_minute`` mod ``bar_minutes``.
+
+    Training uses this: the bars for anchor ``A`` are exactly the rows of this frame that open before
+    ``A`` when ``A`` has that phase, so live and training inputs are the same numbers. Returns a frame
+    indexed by bar open time (UTC) with ``open, high, low, close, volume`` and ``complete``.
+    """
+    if candles.empty:
+        raise ValueError("no candles to resample")
+    bar_ms = bar_minutes * MINUTE_MS
+    ts = candles["open_time"].to_numpy(dtype=np.int64)
+    offset = (phase_minute % bar_minutes) * MINUTE_MS
+    first = ts.min() - ((ts.min() - offset) % bar_ms)
+    last_end = ts.max() + MINUTE_MS
+    anchor = last_end + ((offset - last_end) % bar_ms)
+    n_bars = int((anchor - first) // bar_ms)
+    bars, complete = aggregate_minutes(
+        ts, candles[list(BAR_FIELDS)].to_numpy(dtype=np.float64), anchor, n_bars, bar_minutes
+    )
+    index = pd.DatetimeIndex(
+        pd.to_datetime(bar_open_times(anchor, n_bars, bar_minutes), unit="ms", utc=True), name="time"
+    )
+    frame = pd.DataFrame(bars, columns=list(BAR_FIELDS), index=index)
+    frame["complete"] = complete
+    return frame
