@@ -79,7 +79,9 @@ class DataSettings(BaseModel):
     max_fill_gap_minutes: int = Field(3, ge=0)
     max_abs_log_return: float = Field(0.25, gt=0.0)
     stale_after_seconds: int = Field(300, ge=60)
-    insert_chunk_rows: int = Field(200_000, ge=1000)
+    # A first sync of a symbol with nothing stored fetches this much history: the model's 96 bars
+    # plus the features' warm-up of at most 200 bars, 15 minutes each, and a bar of slack.
+    sync_initial_minutes: int = Field((96 + 200 + 1) * 15, ge=1)
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,1 @@
+"""The ``mlsignals`` command line (typer). May import every other package."""

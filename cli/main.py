@@ -1,0 +1,20 @@
+"""Entry point of the ``mlsignals`` console script."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import data_cmds, db_cmds
+
+app = typer.Typer(
+    name="mlsignals",
+    help="ML trading signals every minute on Celery workers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db_cmds.app, name="db")
+app.add_typer(data_cmds.app, name="data")
+
+
+if __name__ == "__main__":
+    app()

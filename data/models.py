@@ -1,0 +1,137 @@
+"""SQLAlchemy 2 models of the market-data tables. Migrations in ``migrations/`` must match them.
+
+Candle times are BIGINT milliseconds since the epoch (UTC), as ccxt and the exchanges give them:
+exact, portable between PostgreSQL and SQLite, and cheap to bucket into bars inside SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so that migrations and models agree on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT ids fall back to INTEGER there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+def exists_on_dialect(obj: object, dialect: str) -> bool:
+    """False for schema objects declared with ``ddl_if`` for another dialect (the GIN index)."""
+    ddl_if = getattr(obj, "_ddl_if", None)
+    wanted = getattr(ddl_if, "dialect", None)
+    return not wanted or wanted == dialect
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RawMarketData(Base):
+    """Closed 1-minute candles. ``is_filled`` marks a synthetic candle of the documented gap rule."""
+
+    __tablename__ = "raw_market_data"
+    __table_args__ = (
+        UniqueConstraint("exchange", "symbol", "interval", "open_time", name="uq_raw_market_data_candle"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(64))
+    interval: Mapped[str] = mapped_column(String(8))
+    open_time: Mapped[int] = mapped_column(BigInteger)
+    open: Mapped[float] = mapped_column(Double)
+    high: Mapped[float] = mapped_column(Double)
+    low: Mapped[float] = mapped_column(Double)
+    close: Mapped[float] = mapped_column(Double)
+    volume: Mapped[float] = mapped_column(Double)
+    turnover: Mapped[float | None] = mapped_column(Double, nullable=True)
+    is_filled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ProcessedMarketData(Base):
+    """Feature snapshots of one bar (JSONB with a GIN index on PostgreSQL, JSON on SQLite)."""
+
+    __tablename__ = "processed_market_data"
+    __table_args__ = (
+        UniqueConstraint(
+            "exchange",
+            "symbol",
+            "bar_minutes",
+            "bar_open_time",
+            "feature_spec_hash",
+            name="uq_processed_market_data_bar",
+        ),
+        Index("ix_processed_market_data_features_gin", "features", postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(64))
+    bar_minutes: Mapped[int] = mapped_column(Integer)
+    bar_open_time: Mapped[int] = mapped_column(BigInteger)
+    feature_spec_hash: Mapped[str] = mapped_column(String(64))
+    features: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TechnicalIndicator(Base):
+    """One indicator value of one bar, in long form so new indicators need no migration."""
+
+    __tablename__ = "technical_indicators"
+    __table_args__ = (
+        UniqueConstraint(
+            "exchange", "symbol", "interval", "open_time", "indicator", name="uq_technical_indicators_value"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(64))
+    interval: Mapped[str] = mapped_column(String(8))
+    open_time: Mapped[int] = mapped_column(BigInteger)
+    indicator: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DataQuarantine(Base):
+    """Symbols whose latest ingestion failed a rule; cleared by the next clean ingestion."""
+
+    __tablename__ = "data_quarantine"
+
+    exchange: Mapped[str] = mapped_column(String(32), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,371 @@
+"""The candle store: bulk idempotent writes, newest-candle look-ups, status and the bar read path.
+
+Writes never update a stored candle: a closed candle is immutable, so ``ON CONFLICT DO NOTHING``
+makes every re-run of a backfill or sync a no-op. PostgreSQL writes go through ``COPY`` into a
+temporary table and one ``INSERT … SELECT``; SQLite uses one ``executemany``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, bindparam, delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from core.timegrid import MINUTE_MS
+from data.bars import BAR_FIELDS, BarPanel, bar_open_times
+from data.candles import CANDLE_COLUMNS
+from data.models import DataQuarantine
+from data.validation import ValidatedBatch
+
+INTERVAL = "1m"
+_WRITE_COLUMNS = ("exchange", "symbol", "interval", *CANDLE_COLUMNS, "is_filled")
+
+
+@dataclass(frozen=True)
+class NewestCandle:
+    open_time: int
+    close: float
+
+
+@dataclass(frozen=True)
+class SymbolStatus:
+    symbol: str
+    candles: int
+    first_open_ms: int | None
+    newest_open_ms: int | None
+    missing_minutes: int
+    filled_minutes: int
+    quarantine_rule: str | None = None
+    quarantine_detail: str | None = None
+
+
+class CandleStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- writes -------------------------------------------------------------------------------
+    def write(self, exchange: str, batches: Sequence[ValidatedBatch]) -> int:
+        """Insert every candle of ``batches`` in one transaction; returns how many were new."""
+        frames = [self._tagged(exchange, b) for b in batches if len(b.frame)]
+        if not frames:
+            return 0
+        rows = pd.concat(frames, ignore_index=True)
+        if self.dialect == "postgresql":
+            return self._write_postgres(rows)
+        return self._write_generic(rows)
+
+    @staticmethod
+    def _tagged(exchange: str, batch: ValidatedBatch) -> pd.DataFrame:
+        frame = batch.frame
+        out = pd.DataFrame(
+            {"exchange": exchange, "symbol": batch.symbol, "interval": INTERVAL}, index=frame.index
+        )
+        for col in (*CANDLE_COLUMNS, "is_filled"):
+            out[col] = frame[col]
+        return out
+
+    def _write_postgres(self, rows: pd.DataFrame) -> int:
+        buf = io.StringIO()
+        rows.to_csv(buf, index=False, header=False, na_rep="", float_format="%.17g")
+        cols = ", ".join(_WRITE_COLUMNS)
+        raw = self.engine.raw_connection()
+        driver: Any = raw.driver_connection  # psycopg 3: COPY needs the driver's own cursor
+        try:
+            with driver.cursor() as cur:
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS stage_raw_market_data "
+                    "(LIKE raw_market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+                with cur.copy(f"COPY stage_raw_market_data ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
+                    copy.write(buf.getvalue())
+                cur.execute(
+                    f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
+                    "ON CONFLICT ON CONSTRAINT uq_raw_market_data_candle DO NOTHING"
+                )
+                inserted = cur.rowcount
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return int(inserted)
+
+    def _write_generic(self, rows: pd.DataFrame) -> int:
+        rows = rows.astype({"turnover": object}).where(rows.notna(), None)
+        values = list(rows[list(_WRITE_COLUMNS)].itertuples(index=False, name=None))
+        cols = ", ".join(_WRITE_COLUMNS)
+        marks = ", ".join("?" for _ in _WRITE_COLUMNS)
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.executemany(f"INSERT OR IGNORE INTO raw_market_data ({cols}) VALUES ({marks})", values)
+            inserted = cur.rowcount
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return int(inserted)
+
+    # -- look-ups -----------------------------------------------------------------------------
+    def newest(self, exchange: str, symbols: Sequence[str]) -> dict[str, NewestCandle]:
+        """The newest stored candle of each symbol (absent when none is stored)."""
+        if not symbols:
+            return {}
+        if self.dialect == "postgresql":
+            stmt = text(
+                "SELECT s.symbol, r.open_time, r.close FROM unnest(CAST(:symbols AS text[])) AS s(symbol) "
+                "CROSS JOIN LATERAL (SELECT open_time, close FROM raw_market_data "
+                "WHERE exchange = :exchange AND symbol = s.symbol AND interval = :interval "
+                "ORDER BY open_time DESC LIMIT 1) r"
+            )
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    stmt, {"symbols": list(symbols), "exchange": exchange, "interval": INTERVAL}
+                )
+                return {r.symbol: NewestCandle(int(r.open_time), float(r.close)) for r in rows}
+        stmt = text(
+            "SELECT open_time, close FROM raw_market_data WHERE exchange = :exchange AND symbol = :symbol "
+            "AND interval = :interval ORDER BY open_time DESC LIMIT 1"
+        )
+        out: dict[str, NewestCandle] = {}
+        with self.engine.connect() as conn:
+            for symbol in symbols:
+                row = conn.execute(
+                    stmt, {"exchange": exchange, "symbol": symbol, "interval": INTERVAL}
+                ).first()
+                if row is not None:
+                    out[symbol] = NewestCandle(int(row.open_time), float(row.close))
+        return out
+
+    def candle_before(self, exchange: str, symbol: str, ts_ms: int) -> NewestCandle | None:
+        """The last stored candle that opens before ``ts_ms``."""
+        stmt = text(
+            "SELECT open_time, close FROM raw_market_data WHERE exchange = :exchange AND symbol = :symbol "
+            "AND interval = :interval AND open_time < :ts ORDER BY open_time DESC LIMIT 1"
+        )
+        params = {"exchange": exchange, "symbol": symbol, "interval": INTERVAL, "ts": ts_ms}
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt, params).first()
+        return None if row is None else NewestCandle(int(row.open_time), float(row.close))
+
+    def chunk_counts(
+        self, exchange: str, symbols: Sequence[str], start_ms: int, chunk_ms: int, end_ms: int
+    ) -> dict[tuple[str, int], int]:
+        """Stored candles per ``(symbol, chunk index)`` where chunks of ``chunk_ms`` start at ``start_ms``."""
+        stmt = text(
+            "SELECT symbol, (open_time - :start) / :chunk AS c, count(*) AS n FROM raw_market_data "
+            "WHERE exchange = :exchange AND interval = :interval AND symbol IN :symbols "
+            "AND open_time >= :start AND open_time < :end GROUP BY symbol, (open_time - :start) / :chunk"
+        ).bindparams(bindparam("symbols", expanding=True))
+        params = {
+            "exchange": exchange,
+            "interval": INTERVAL,
+            "symbols": list(symbols),
+            "start": start_ms,
+            "chunk": chunk_ms,
+            "end": end_ms,
+        }
+        with self.engine.connect() as conn:
+            return {(r.symbol, int(r.c)): int(r.n) for r in conn.execute(stmt, params)}
+
+    def coverage(
+        self, exchange: str, symbols: Sequence[str], start_ms: int, end_ms: int
+    ) -> dict[str, tuple[int, int, int]]:
+        """Per symbol ``(first, newest, count)`` of stored candles with open time in ``[start, end)``."""
+        stmt = text(
+            "SELECT symbol, min(open_time) AS first, max(open_time) AS newest, count(*) AS n "
+            "FROM raw_market_data WHERE exchange = :exchange AND interval = :interval "
+            "AND symbol IN :symbols AND open_time >= :start AND open_time < :end GROUP BY symbol"
+        ).bindparams(bindparam("symbols", expanding=True))
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                stmt,
+                {
+                    "exchange": exchange,
+                    "interval": INTERVAL,
+                    "symbols": list(symbols),
+                    "start": start_ms,
+                    "end": end_ms,
+                },
+            )
+            return {r.symbol: (int(r.first), int(r.newest), int(r.n)) for r in rows}
+
+    def read_candles(self, exchange: str, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """One symbol's stored candles with open time in ``[start, end)``, ascending."""
+        stmt = text(
+            f"SELECT {', '.join(CANDLE_COLUMNS)}, is_filled FROM raw_market_data WHERE exchange = :exchange "
+            "AND symbol = :symbol AND interval = :interval AND open_time >= :start AND open_time < :end "
+            "ORDER BY open_time"
+        )
+        params = {
+            "exchange": exchange,
+            "symbol": symbol,
+            "interval": INTERVAL,
+            "start": start_ms,
+            "end": end_ms,
+        }
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(stmt, params).all(), columns=[*CANDLE_COLUMNS, "is_filled"])
+        frame["open_time"] = frame["open_time"].astype(np.int64)
+        for col in CANDLE_COLUMNS[1:]:
+            frame[col] = frame[col].astype(np.float64)
+        frame["is_filled"] = frame["is_filled"].astype(bool)
+        return frame
+
+    def symbols(self, exchange: str) -> list[str]:
+        stmt = text("SELECT DISTINCT symbol FROM raw_market_data WHERE exchange = :exchange ORDER BY symbol")
+        with self.engine.connect() as conn:
+            return [r.symbol for r in conn.execute(stmt, {"exchange": exchange})]
+
+    def status(self, exchange: str, symbols: Sequence[str] | None = None) -> list[SymbolStatus]:
+        """Per symbol: how many candles, first and newest, missing minutes inside the span, quarantine."""
+        stmt = text(
+            "SELECT symbol, count(*) AS n, min(open_time) AS first, max(open_time) AS newest, "
+            "sum(CASE WHEN is_filled THEN 1 ELSE 0 END) AS filled "
+            "FROM raw_market_data WHERE exchange = :exchange AND interval = :interval GROUP BY symbol"
+        )
+        with self.engine.connect() as conn:
+            stored = {r.symbol: r for r in conn.execute(stmt, {"exchange": exchange, "interval": INTERVAL})}
+        quarantine = self.quarantined(exchange)
+        names = sorted(set(stored) | set(quarantine) | set(symbols or ()))
+        if symbols is not None:
+            names = [s for s in names if s in set(symbols)]
+        out = []
+        for name in names:
+            row = stored.get(name)
+            rule, detail = quarantine.get(name, (None, None))
+            if row is None:
+                out.append(SymbolStatus(name, 0, None, None, 0, 0, rule, detail))
+                continue
+            span = (int(row.newest) - int(row.first)) // MINUTE_MS + 1
+            out.append(
+                SymbolStatus(
+                    name,
+                    int(row.n),
+                    int(row.first),
+                    int(row.newest),
+                    span - int(row.n),
+                    int(row.filled or 0),
+                    rule,
+                    detail,
+                )
+            )
+        return out
+
+    # -- quarantine ---------------------------------------------------------------------------
+    def quarantine(self, exchange: str, reasons: dict[str, tuple[str, str]]) -> None:
+        if not reasons:
+            return
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "exchange": exchange,
+                "symbol": s,
+                "rule": rule,
+                "detail": detail[:2000],
+                "since": now,
+                "updated_at": now,
+            }
+            for s, (rule, detail) in reasons.items()
+        ]
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = insert(DataQuarantine).values(rows)
+        # ``since`` keeps the first failure time of an ongoing quarantine.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["exchange", "symbol"],
+            set_={
+                "rule": stmt.excluded.rule,
+                "detail": stmt.excluded.detail,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def release(self, exchange: str, symbols: Iterable[str]) -> None:
+        names = list(symbols)
+        if not names:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(DataQuarantine).where(
+                    DataQuarantine.exchange == exchange, DataQuarantine.symbol.in_(names)
+                )
+            )
+
+    def quarantined(self, exchange: str) -> dict[str, tuple[str, str]]:
+        stmt = select(DataQuarantine.symbol, DataQuarantine.rule, DataQuarantine.detail).where(
+            DataQuarantine.exchange == exchange
+        )
+        with self.engine.connect() as conn:
+            return {r.symbol: (r.rule, r.detail) for r in conn.execute(stmt)}
+
+    # -- read path ----------------------------------------------------------------------------
+    def read_bars(
+        self, exchange: str, symbols: Sequence[str], anchor_ms: int, n_bars: int, bar_minutes: int
+    ) -> BarPanel:
+        """Anchored bars (data/bars.py) of many symbols, aggregated inside the database in one query.
+
+        Bar ``k`` back from the anchor takes its open from the oldest minute of the bar and its close
+        from the newest; a bar lacking any minute is incomplete and its values are NaN.
+        """
+        bar_ms = bar_minutes * MINUTE_MS
+        start = anchor_ms - n_bars * bar_ms
+        stmt = text(
+            "SELECT symbol, k, count(*) AS n, max(high) AS high, min(low) AS low, sum(volume) AS volume, "
+            "max(CASE WHEN pos = :last_pos THEN open END) AS open, "
+            "max(CASE WHEN pos = 0 THEN close END) AS close "
+            "FROM (SELECT symbol, open, high, low, close, volume, "
+            "(:newest - open_time) / :bar_ms AS k, ((:newest - open_time) % :bar_ms) / :minute AS pos "
+            "FROM raw_market_data WHERE exchange = :exchange AND interval = :interval "
+            "AND symbol IN :symbols AND open_time >= :start AND open_time < :anchor) AS w "
+            "GROUP BY symbol, k"
+        ).bindparams(bindparam("symbols", expanding=True))
+        params = {
+            "newest": anchor_ms - MINUTE_MS,
+            "bar_ms": bar_ms,
+            "minute": MINUTE_MS,
+            "last_pos": bar_minutes - 1,
+            "exchange": exchange,
+            "interval": INTERVAL,
+            "symbols": list(symbols),
+            "start": start,
+            "anchor": anchor_ms,
+        }
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, params).all()
+        index = {s: i for i, s in enumerate(symbols)}
+        shape = (len(symbols), n_bars)
+        arrays = {name: np.full(shape, np.nan) for name in BAR_FIELDS}
+        complete = np.zeros(shape, dtype=bool)
+        if rows:
+            data = np.array(
+                [[index[r.symbol], r.k, r.n, r.open, r.high, r.low, r.close, r.volume] for r in rows],
+                dtype=np.float64,
+            )
+            sym = data[:, 0].astype(np.int64)
+            col = n_bars - 1 - data[:, 1].astype(np.int64)
+            ok = data[:, 2] == bar_minutes
+            complete[sym[ok], col[ok]] = True
+            for j, name in enumerate(("open", "high", "low", "close", "volume")):
+                arrays[name][sym[ok], col[ok]] = data[ok, 3 + j]
+        return BarPanel(
+            symbols=list(symbols),
+            anchor_ms=anchor_ms,
+            bar_minutes=bar_minutes,
+            bar_open_ms=bar_open_times(anchor_ms, n_bars, bar_minutes),
+            complete=complete,
+            **arrays,
+        )

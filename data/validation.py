@@ -1,0 +1,175 @@
+"""Candle validation rules (docs/DATA_VALIDATION.md). A batch passes whole or is rejected whole.
+
+Each rule raises ``DataValidationError`` with a stable ``rule`` name; the ingestion quarantines the
+symbol with it. Short gaps are filled with flat synthetic candles (``is_filled``), longer ones reject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.errors import DataValidationError
+from core.timegrid import MINUTE_MS, iso_minute
+from data.candles import CANDLE_COLUMNS, PRICE_COLUMNS, coerce_candles
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    max_fill_gap_minutes: int = 3
+    max_abs_log_return: float = 0.25
+    stale_after_ms: int = 300_000
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    """A batch that passed every rule: ``frame`` has the candle columns plus ``is_filled``."""
+
+    symbol: str
+    frame: pd.DataFrame
+    filled_minutes: int
+
+    @property
+    def newest_open_ms(self) -> int | None:
+        return int(self.frame["open_time"].iloc[-1]) if len(self.frame) else None
+
+
+def _first(mask: np.ndarray | np.bool_) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def validate_batch(
+    frame: pd.DataFrame,
+    symbol: str,
+    *,
+    now_ms: int,
+    policy: ValidationPolicy,
+    expected_start_ms: int | None = None,
+    prev_close: float | None = None,
+) -> ValidatedBatch:
+    """Check one symbol's new candles; ``expected_start_ms``/``prev_close`` continue stored history."""
+
+    def fail(rule: str, message: str) -> DataValidationError:
+        return DataValidationError(rule, message, symbol=symbol)
+
+    try:
+        candles = coerce_candles(frame)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise fail("malformed", str(exc)) from exc
+    ts = candles["open_time"].to_numpy()
+    if len(ts) == 0:
+        return ValidatedBatch(symbol, candles.assign(is_filled=np.zeros(0, dtype=bool)), 0)
+
+    off_grid = ts % MINUTE_MS != 0
+    if off_grid.any():
+        raise fail("off_grid", f"open time {int(ts[_first(off_grid)])} ms is not on the 1-minute grid")
+    step = np.diff(ts)
+    if (step == 0).any():
+        raise fail("duplicate", f"candle {iso_minute(int(ts[_first(step == 0)]))} appears more than once")
+    if (step < 0).any():
+        i = _first(step < 0)
+        raise fail(
+            "out_of_order", f"candle {iso_minute(int(ts[i + 1]))} comes after {iso_minute(int(ts[i]))}"
+        )
+    if ts[-1] + MINUTE_MS > now_ms:
+        raise fail("not_closed", f"candle {iso_minute(int(ts[-1]))} has not closed yet")
+    if expected_start_ms is not None and ts[0] < expected_start_ms:
+        raise fail("overlap", f"candle {iso_minute(int(ts[0]))} precedes {iso_minute(expected_start_ms)}")
+
+    values = candles[["open", "high", "low", "close", "volume"]].to_numpy()
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        column = CANDLE_COLUMNS[1 + col]
+        raise fail("non_finite", f"{column} is {values[row, col]} at {iso_minute(int(ts[row]))}")
+    prices = candles[list(PRICE_COLUMNS)].to_numpy()
+    if (prices <= 0).any():
+        row = _first((prices <= 0).any(axis=1))
+        raise fail("non_positive_price", f"price <= 0 at {iso_minute(int(ts[row]))}")
+    o, h, lo, c = prices.T
+    incoherent = (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (h < lo)
+    if incoherent.any():
+        row = _first(incoherent)
+        raise fail(
+            "ohlc_inconsistent",
+            f"high {h[row]} / low {lo[row]} do not bound open {o[row]} / close {c[row]}"
+            f" at {iso_minute(int(ts[row]))}",
+        )
+    volume = values[:, 4]
+    if (volume < 0).any():
+        row = _first(volume < 0)
+        raise fail("negative_volume", f"volume {volume[row]} at {iso_minute(int(ts[row]))}")
+
+    closes = c if prev_close is None else np.concatenate([[prev_close], c])
+    log_ret = np.abs(np.diff(np.log(closes)))
+    spikes = log_ret > policy.max_abs_log_return
+    if spikes.any():
+        i = _first(spikes)
+        at = ts[i] if prev_close is not None else ts[i + 1]
+        raise fail(
+            "price_spike",
+            f"|log return| {log_ret[i]:.3f} at {iso_minute(int(at))} exceeds {policy.max_abs_log_return}",
+        )
+
+    return _fill_gaps(candles, symbol, policy, expected_start_ms, prev_close)
+
+
+def _fill_gaps(
+    candles: pd.DataFrame,
+    symbol: str,
+    policy: ValidationPolicy,
+    expected_start_ms: int | None,
+    prev_close: float | None,
+) -> ValidatedBatch:
+    ts = candles["open_time"].to_numpy()
+    prev_ts = ts[0] - MINUTE_MS if expected_start_ms is None else expected_start_ms - MINUTE_MS
+    missing = np.diff(np.concatenate([[prev_ts], ts])) // MINUTE_MS - 1
+    worst = int(missing.max())
+    if worst > policy.max_fill_gap_minutes:
+        i = _first(missing == worst)
+        raise DataValidationError(
+            "gap",
+            f"{worst} minutes missing before {iso_minute(int(ts[i]))}"
+            f" (at most {policy.max_fill_gap_minutes} are filled)",
+            symbol=symbol,
+        )
+    filled = int(missing.sum())
+    out = candles.assign(is_filled=np.zeros(len(candles), dtype=bool))
+    if not filled:
+        return ValidatedBatch(symbol, out, 0)
+    if missing[0] and prev_close is None:
+        raise DataValidationError("gap", "missing minutes at the start and no previous close", symbol=symbol)
+    # A flat candle at the previous close says "no trade happened": the honest minimum claim.
+    closes = candles["close"].to_numpy()
+    before = np.concatenate([[prev_close if prev_close is not None else np.nan], closes[:-1]])
+    idx = np.flatnonzero(missing)
+    fill_ts = np.concatenate([ts[i] - MINUTE_MS * np.arange(missing[i], 0, -1) for i in idx])
+    fill_px = np.repeat(before[idx], missing[idx])
+    fill = pd.DataFrame(
+        {
+            "open_time": fill_ts.astype(np.int64),
+            "open": fill_px,
+            "high": fill_px,
+            "low": fill_px,
+            "close": fill_px,
+            "volume": 0.0,
+            "turnover": 0.0,
+            "is_filled": True,
+        }
+    )
+    merged = pd.concat([out, fill], ignore_index=True).sort_values("open_time", kind="stable")
+    return ValidatedBatch(symbol, merged.reset_index(drop=True), filled)
+
+
+def staleness_ms(newest_open_ms: int | None, now_ms: int) -> int | None:
+    """How far the newest stored candle's close lags ``now`` (None when nothing is stored)."""
+    if newest_open_ms is None:
+        return None
+    return max(0, now_ms - (newest_open_ms + MINUTE_MS))
+
+
+def is_stale(newest_open_ms: int | None, now_ms: int, policy: ValidationPolicy) -> bool:
+    lag = staleness_ms(newest_open_ms, now_ms)
+    return lag is None or lag > policy.stale_after_ms
