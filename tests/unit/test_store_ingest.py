@@ -171,3 +171,16 @@ def test_read_bars_in_sql_equals_numpy_aggregation(store: CandleStore, source: S
     for name in ("open", "high", "low", "close", "volume"):
         np.testing.assert_allclose(getattr(panel, name), getattr(expected, name), rtol=1e-12, equal_nan=True)
     assert panel.complete[:3].all() and not panel.complete[3].any()
+
+
+def test_turnover_nulls_and_filled_flags_round_trip(store: CandleStore, source: ScriptedSource) -> None:
+    frame = source.data[SYMBOLS[0]]
+    frame["turnover"] = np.where(np.arange(len(frame)) % 3 == 0, np.nan, frame["close"] * frame["volume"])
+    source.data[SYMBOLS[0]] = frame.drop(index=frame.index[-20]).reset_index(drop=True)
+    assert ingestor(store, source).backfill(SYMBOLS[:1], 1).ok
+    stored = store.read_candles("scripted", SYMBOLS[0], END - DAY, END)
+    expected = frame.iloc[-1440:].reset_index(drop=True)
+    real = ~stored["is_filled"]
+    assert int((~real).sum()) == 1
+    np.testing.assert_array_equal(stored.loc[real, "turnover"].to_numpy(), expected.loc[real, "turnover"].to_numpy())
+    assert stored.loc[~real, "turnover"].tolist() == [0.0]

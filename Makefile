@@ -1,0 +1,37 @@
+# The two commands a newcomer needs:   make run   (the main job)   and   make test   (every test).
+# Both create the virtualenv first when it is missing or older than the pinned requirements.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint bench services clean
+
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mlsignals data backfill --days $(or $(DAYS),7)
+	$(BIN)/mlsignals data sync
+	$(BIN)/mlsignals data status
+
+services:
+	scripts/ensure-services.sh
+
+test: $(STAMP) services
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80
+
+bench: $(STAMP) services
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

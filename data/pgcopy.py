@@ -1,0 +1,59 @@
+"""Encode candle rows in PostgreSQL's binary COPY format with numpy, not row by row in Python.
+
+Text CSV costs ~8 µs a row to format; a structured numpy array per symbol batch costs ~0.1 µs.
+Layout per row: int16 field count, then per field int32 byte length (-1 for NULL) and big-endian data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+TRAILER = (-1).to_bytes(2, "big", signed=True)
+FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "turnover")
+# Column order of the encoded rows, for the COPY statement.
+COLUMNS = ("exchange", "symbol", "interval", "open_time", *FLOAT_COLUMNS, "is_filled")
+
+
+def _encode_group(
+    exchange: bytes, symbol: bytes, interval: bytes, frame: pd.DataFrame, turnover_null: bool
+) -> bytes:
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    for name, text in (("exchange", exchange), ("symbol", symbol), ("interval", interval)):
+        fields += [(f"l_{name}", ">i4"), (name, f"S{len(text)}")]
+    fields += [("l_open_time", ">i4"), ("open_time", ">i8")]
+    for name in FLOAT_COLUMNS:
+        fields.append((f"l_{name}", ">i4"))
+        if not (name == "turnover" and turnover_null):
+            fields.append((name, ">f8"))
+    fields += [("l_is_filled", ">i4"), ("is_filled", "u1")]
+    rows = np.empty(len(frame), dtype=np.dtype(fields))
+    rows["n"] = len(COLUMNS)
+    for name, text in (("exchange", exchange), ("symbol", symbol), ("interval", interval)):
+        rows[f"l_{name}"] = len(text)
+        rows[name] = text
+    rows["l_open_time"] = 8
+    rows["open_time"] = frame["open_time"].to_numpy(dtype=np.int64)
+    for name in FLOAT_COLUMNS:
+        if name == "turnover" and turnover_null:
+            rows["l_turnover"] = -1
+            continue
+        rows[f"l_{name}"] = 8
+        rows[name] = frame[name].to_numpy(dtype=np.float64)
+    rows["l_is_filled"] = 1
+    rows["is_filled"] = frame["is_filled"].to_numpy(dtype=bool)
+    return rows.tobytes()
+
+
+def encode_candles(exchange: str, symbol: str, interval: str, frame: pd.DataFrame) -> bytes:
+    """Rows of one symbol's batch (candle columns plus ``is_filled``), without header or trailer."""
+    ex, sym, iv = exchange.encode(), symbol.encode(), interval.encode()
+    null_turnover = frame["turnover"].isna().to_numpy()
+    if not null_turnover.any():
+        return _encode_group(ex, sym, iv, frame, turnover_null=False)
+    if null_turnover.all():
+        return _encode_group(ex, sym, iv, frame, turnover_null=True)
+    return _encode_group(ex, sym, iv, frame[~null_turnover], False) + _encode_group(
+        ex, sym, iv, frame[null_turnover], True
+    )

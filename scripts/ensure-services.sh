@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Start the local Redis and PostgreSQL the integration tests use, if they are not already up.
+# The start commands are this machine kind's own (Debian packages); on another machine point
+# MLSIG_TEST_PG_URL / MLSIG_TEST_REDIS_URL at your servers instead.
+set -euo pipefail
+
+wait_for() { # name, command...
+  local name=$1; shift
+  for _ in $(seq 1 60); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "ensure-services: $name did not come up" >&2
+  return 1
+}
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "ensure-services: starting redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+fi
+wait_for redis redis-cli -h 127.0.0.1 -p 6379 ping
+
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  echo "ensure-services: starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+wait_for postgresql pg_isready -h 127.0.0.1 -p 5432
+if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1; then
+  createdb -h 127.0.0.1 -U postgres test
+fi
+echo "ensure-services: redis and postgresql are up"

@@ -1,0 +1,399 @@
+"""A local HTTP server that answers like Bybit's v5 REST API, for what ccxt's ``bybit`` calls.
+
+Point ccxt at it with ``ExchangeSettings(api_urls={"all": server.base_url})``. Only 127.0.0.1 on an
+ephemeral port is bound, so tests never reach a real exchange.
+
+Routes live in a dispatch table ``{(method, path): handler}``; ``server.route(...)`` adds more (order
+endpoints later). Built in:
+
+``GET /v5/market/instruments-info``
+    ``category=linear``: one USDT perpetual per configured symbol (``BTCUSDT`` -> ``BTC/USDT:USDT``);
+    ``closed_symbols`` are listed with status ``Closed``. The ``status`` parameter filters (ccxt asks
+    once plainly and once with ``status=PreLaunch``). Other categories answer an empty list.
+``GET /v5/market/kline``
+    Candles exist for each minute from ``history_start_ms`` through the *forming* candle, whose open time
+    is the current minute of ``clock`` (as on a real exchange; ``include_forming=False`` drops it).
+    Prices follow a deterministic formula per symbol unless ``set_candles`` injected rows. Selection
+    mirrors Bybit: the candles with ``start <= open_time <= end`` (``end`` defaults to now); with
+    ``start`` the oldest ``limit`` of them, otherwise the newest ``limit``; ``limit`` defaults to 200 and
+    is capped at 1000. Rows are answered newest first as strings
+    ``[startTime, open, high, low, close, volume, turnover]``. A symbol not listed, or listed in
+    ``kline_unsupported``, answers retCode 10001 "Not supported symbols", which ccxt raises as
+    ``BadSymbol``. Only ``interval=1`` is served.
+``GET /v5/market/time``
+
+Faults: ``server.inject(Fault.rate_limit(), times=2)`` makes the next two requests to a path (kline by
+default) answer with the fault instead. ``server.requests(path)`` is the request log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import traceback
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from core.timegrid import MINUTE_MS, floor_minute, now_ms
+
+KLINE_PATH = "/v5/market/kline"
+INSTRUMENTS_PATH = "/v5/market/instruments-info"
+TIME_PATH = "/v5/market/time"
+DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+QUOTE = "USDT"
+KLINE_DEFAULT_LIMIT = 200
+KLINE_MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any] | str
+
+
+Handler = Callable[[Request], Reply]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted answer. ``body=None`` means: wait ``delay_s``, then answer normally."""
+
+    status: int = 200
+    body: dict[str, Any] | str | None = None
+    delay_s: float = 0.0
+
+    @classmethod
+    def rate_limit(cls, http_status: int = 429) -> Fault:
+        """Bybit's "Too many visits!" (retCode 10006); real Bybit sends it with HTTP 200 or 429."""
+        return cls(status=http_status, body=_envelope({}, ret_code=10006, ret_msg="Too many visits!"))
+
+    @classmethod
+    def bybit_error(cls, ret_code: int, ret_msg: str, http_status: int = 200) -> Fault:
+        """Any Bybit error envelope; ccxt maps it through bybit's ``exceptions`` table."""
+        return cls(status=http_status, body=_envelope({}, ret_code=ret_code, ret_msg=ret_msg))
+
+    @classmethod
+    def server_error(cls, status: int = 503) -> Fault:
+        return cls(status=status, body=f"<html><body><h1>{status} Service Unavailable</h1></body></html>")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        return cls(delay_s=seconds)
+
+
+def _envelope(result: dict[str, Any], ret_code: int = 0, ret_msg: str = "OK") -> dict[str, Any]:
+    return {"retCode": ret_code, "retMsg": ret_msg, "result": result, "retExtInfo": {}, "time": now_ms()}
+
+
+def formula_candle(symbol: str, open_ms: int) -> list[str]:
+    """The deterministic candle a symbol has at ``open_ms`` when no rows were injected (Bybit strings)."""
+    base = 20.0 + zlib.crc32(symbol.encode()) % 5000
+    i = open_ms // MINUTE_MS
+
+    def price(k: int) -> float:
+        return base * (1.0 + 0.02 * math.sin(k / 47.0) + 0.005 * math.sin(k / 5.3))
+
+    o, c = price(i - 1), price(i)
+    volume = 1.0 + (i * 7919) % 1000 / 10.0
+    return [
+        str(open_ms),
+        f"{o:.4f}",
+        f"{max(o, c) * 1.001:.4f}",
+        f"{min(o, c) * 0.999:.4f}",
+        f"{c:.4f}",
+        f"{volume:.3f}",
+        f"{volume * c:.4f}",
+    ]
+
+
+def _instrument(symbol: str, status: str) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "contractType": "LinearPerpetual",
+        "status": status,
+        "baseCoin": symbol.removesuffix(QUOTE),
+        "quoteCoin": QUOTE,
+        "settleCoin": QUOTE,
+        "launchTime": "1585526400000",
+        "deliveryTime": "0",
+        "deliveryFeeRate": "",
+        "priceScale": "2",
+        "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+        "priceFilter": {"minPrice": "0.10", "maxPrice": "1999999.80", "tickSize": "0.10"},
+        "lotSizeFilter": {
+            "maxOrderQty": "1190.000",
+            "minOrderQty": "0.001",
+            "qtyStep": "0.001",
+            "postOnlyMaxOrderQty": "1190.000",
+            "maxMktOrderQty": "500.000",
+            "minNotionalValue": "5",
+        },
+        "unifiedMarginTrade": True,
+        "fundingInterval": 480,
+        "settlementCoin": QUOTE,
+        "copyTrading": "both",
+        "upperFundingRate": "0.005",
+        "lowerFundingRate": "-0.005",
+    }
+
+
+@dataclass
+class _State:
+    faults: dict[str, deque[Fault]] = field(default_factory=dict)
+    log: list[Request] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    injected: dict[str, dict[int, list[str]]] = field(default_factory=dict)
+
+
+class FakeExchangeServer:
+    """Bybit v5 look-alike on 127.0.0.1; use ``running_exchange_server`` to start and stop it."""
+
+    def __init__(
+        self,
+        symbols: Sequence[str] = DEFAULT_SYMBOLS,
+        *,
+        closed_symbols: Sequence[str] = (),
+        kline_unsupported: Sequence[str] = (),
+        history_start_ms: int = 0,
+        include_forming: bool = True,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.symbols = tuple(symbols)
+        self.closed_symbols = tuple(closed_symbols)
+        self.kline_unsupported = frozenset(kline_unsupported)
+        self.history_start_ms = history_start_ms
+        self.include_forming = include_forming
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._state = _State()
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("GET", INSTRUMENTS_PATH): self._instruments,
+            ("GET", KLINE_PATH): self._kline,
+            ("GET", TIME_PATH): self._time,
+        }
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._httpd = _HTTPServer(("127.0.0.1", 0), _RequestHandler)
+        self._httpd.app = self
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-exchange",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    # -- scripting ---------------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self._routes[(method.upper(), path)] = handler
+
+    def inject(self, fault: Fault, times: int = 1, path: str = KLINE_PATH) -> None:
+        with self._lock:
+            self._state.faults.setdefault(path, deque()).extend([fault] * times)
+
+    def set_candles(self, symbol: str, rows: Iterable[Sequence[float]]) -> None:
+        """Serve exactly these ``[open_time, o, h, l, c, v]`` or ``[..., turnover]`` rows for ``symbol``."""
+        table: dict[int, list[str]] = {}
+        for row in rows:
+            values = [repr(float(x)) for x in row[1:]]
+            if len(values) == 5:
+                values.append(repr(float(row[4]) * float(row[5])))
+            table[int(row[0])] = [str(int(row[0])), *values]
+        with self._lock:
+            self._state.injected[symbol] = table
+
+    def requests(self, path: str | None = None) -> list[Request]:
+        with self._lock:
+            return [r for r in self._state.log if path is None or r.path == path]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._state.log.clear()
+
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks of handler bugs (answered as HTTP 500); a test should expect none."""
+        with self._lock:
+            return list(self._state.errors)
+
+    def forming_open_ms(self) -> int:
+        return floor_minute(self.clock())
+
+    def candles(self, symbol: str, start_ms: int, end_ms: int) -> list[list[float]]:
+        """The server's candles with ``start_ms <= open_time < end_ms`` as floats, oldest first."""
+        ts_list = self._available(symbol, start_ms, end_ms - 1)
+        return [[float(x) for x in self._row(symbol, ts)] for ts in ts_list]
+
+    # -- data --------------------------------------------------------------------------------------
+
+    def _newest_ms(self) -> int:
+        forming = self.forming_open_ms()
+        return forming if self.include_forming else forming - MINUTE_MS
+
+    def _available(
+        self, symbol: str, lo: int, hi: int, limit: int | None = None, oldest: bool = True
+    ) -> list[int]:
+        """Open times in ``[lo, hi]`` that exist, ascending, cut to ``limit`` from the chosen end."""
+        hi = min(hi, self._newest_ms())
+        with self._lock:
+            injected = self._state.injected.get(symbol)
+            if injected is not None:
+                times = sorted(ts for ts in injected if lo <= ts <= hi)
+                if limit is not None:
+                    times = times[:limit] if oldest else times[-limit:]
+                return times
+        first = max(lo, self.history_start_ms)
+        first += -first % MINUTE_MS
+        last = floor_minute(hi)
+        if first > last:
+            return []
+        count = (last - first) // MINUTE_MS + 1
+        if limit is not None and count > limit:
+            if oldest:
+                last = first + (limit - 1) * MINUTE_MS
+            else:
+                first = last - (limit - 1) * MINUTE_MS
+        return list(range(first, last + 1, MINUTE_MS))
+
+    def _row(self, symbol: str, ts: int) -> list[str]:
+        with self._lock:
+            injected = self._state.injected.get(symbol)
+            if injected is not None:
+                return injected[ts]
+        return formula_candle(symbol, ts)
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    def _instruments(self, request: Request) -> Reply:
+        category = request.params.get("category", "")
+        rows: list[dict[str, Any]] = []
+        if category == "linear":
+            rows = [_instrument(s, "Trading") for s in self.symbols]
+            rows += [_instrument(s, "Closed") for s in self.closed_symbols]
+            status = request.params.get("status")
+            rows = [r for r in rows if r["status"] == status] if status else rows
+        return Reply(200, _envelope({"category": category, "list": rows, "nextPageCursor": ""}))
+
+    def _kline(self, request: Request) -> Reply:
+        params = request.params
+        symbol = params.get("symbol", "")
+        if (
+            params.get("category") != "linear"
+            or symbol not in (*self.symbols, *self.closed_symbols)
+            or symbol in self.kline_unsupported
+        ):
+            return Reply(200, _envelope({}, ret_code=10001, ret_msg="Not supported symbols"))
+        if params.get("interval") != "1":
+            return Reply(200, _envelope({}, ret_code=10001, ret_msg="Invalid period!"))
+        limit = min(max(int(params.get("limit", KLINE_DEFAULT_LIMIT)), 1), KLINE_MAX_LIMIT)
+        start = int(params["start"]) if "start" in params else None
+        end = int(params["end"]) if "end" in params else self.clock()
+        times = self._available(symbol, start or 0, end, limit=limit, oldest=start is not None)
+        rows = [self._row(symbol, ts) for ts in reversed(times)]
+        return Reply(200, _envelope({"category": "linear", "symbol": symbol, "list": rows}))
+
+    def _time(self, request: Request) -> Reply:
+        now = self.clock()
+        return Reply(200, _envelope({"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)}))
+
+    # -- HTTP plumbing -----------------------------------------------------------------------------
+
+    def _answer(self, request: Request) -> Reply:
+        with self._lock:
+            self._state.log.append(request)
+            queue = self._state.faults.get(request.path)
+            fault = queue.popleft() if queue else None
+        if fault is not None:
+            if fault.delay_s:
+                self._stopping.wait(fault.delay_s)
+            if fault.body is not None:
+                return Reply(fault.status, fault.body)
+        handler = self._routes.get((request.method, request.path))
+        if handler is None:
+            return Reply(404, "Not Found")
+        try:
+            return handler(request)
+        except Exception as exc:  # a bug in the fake must fail the test, not hang it
+            with self._lock:
+                self._state.errors.append(traceback.format_exc())
+            return Reply(500, f"fake exchange bug: {exc!r}")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    app: FakeExchangeServer
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request = Request(
+            self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)), body
+        )
+        reply = self.server.app._answer(request)
+        if isinstance(reply.body, str):
+            payload, content_type = reply.body.encode(), "text/html"
+        else:
+            payload, content_type = json.dumps(reply.body).encode(), "application/json"
+        # The client may have timed out and gone (delay faults); nothing is left to tell it.
+        with suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(reply.status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815 (http.server naming)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def running_exchange_server(**options: Any) -> Iterator[FakeExchangeServer]:
+    """Start a ``FakeExchangeServer(**options)`` for the ``with`` block, yielding it."""
+    server = FakeExchangeServer(**options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
