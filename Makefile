@@ -31,7 +31,7 @@ test: $(STAMP) services
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80
 
 bench: $(STAMP) services
-	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python -m benchmarks.bench_ingest
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from core.errors import MLSignalsError
@@ -29,7 +30,7 @@ EXIT_ERROR = 2
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

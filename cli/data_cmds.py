@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -45,7 +46,7 @@ def _report(report: IngestReport) -> None:
     if report.failed:
         table = Table("symbol", "rule", "detail", title="quarantined")
         for symbol, outcome in sorted(report.failed.items()):
-            table.add_row(symbol, outcome.rule or "", outcome.detail or "")
+            table.add_row(escape(symbol), escape(outcome.rule or ""), escape(outcome.detail or ""))
         console.print(table)
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -164,7 +165,7 @@ def status(
             str(rec["missing_minutes"]),
             str(rec["filled_minutes"]),
             "-" if lag_s is None else f"{lag_s} s" + (" STALE" if rec["stale"] else ""),
-            f"{rec['quarantine']}: {rec['reason']}" if rec["quarantine"] else "",
+            escape(f"{rec['quarantine']}: {rec['reason']}") if rec["quarantine"] else "",
         )
     console.print(table)
     gaps = sum(int(str(rec["missing_minutes"])) for rec in records)

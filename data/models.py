@@ -53,18 +53,18 @@ class Base(DeclarativeBase):
 
 
 class RawMarketData(Base):
-    """Closed 1-minute candles. ``is_filled`` marks a synthetic candle of the documented gap rule."""
+    """Closed 1-minute candles. ``is_filled`` marks a synthetic candle of the documented gap rule.
+
+    The natural key is the primary key (no surrogate id): one index to maintain per inserted candle
+    instead of two, and the same uniqueness on exchange + symbol + interval + open time.
+    """
 
     __tablename__ = "raw_market_data"
-    __table_args__ = (
-        UniqueConstraint("exchange", "symbol", "interval", "open_time", name="uq_raw_market_data_candle"),
-    )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    exchange: Mapped[str] = mapped_column(String(32))
-    symbol: Mapped[str] = mapped_column(String(64))
-    interval: Mapped[str] = mapped_column(String(8))
-    open_time: Mapped[int] = mapped_column(BigInteger)
+    exchange: Mapped[str] = mapped_column(String(32), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(8), primary_key=True)
+    open_time: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     open: Mapped[float] = mapped_column(Double)
     high: Mapped[float] = mapped_column(Double)
     low: Mapped[float] = mapped_column(Double)

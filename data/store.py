@@ -89,7 +89,7 @@ class CandleStore:
                     copy.write(payload + pgcopy.TRAILER)
                 cur.execute(
                     f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
-                    "ON CONFLICT ON CONSTRAINT uq_raw_market_data_candle DO NOTHING"
+                    "ON CONFLICT ON CONSTRAINT pk_raw_market_data DO NOTHING"
                 )
                 inserted = cur.rowcount
             raw.commit()

@@ -23,7 +23,6 @@ JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "post
 def upgrade() -> None:
     op.create_table(
         "raw_market_data",
-        sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
         sa.Column("exchange", sa.String(length=32), nullable=False),
         sa.Column("symbol", sa.String(length=64), nullable=False),
         sa.Column("interval", sa.String(length=8), nullable=False),
@@ -36,8 +35,7 @@ def upgrade() -> None:
         sa.Column("turnover", sa.Double(), nullable=True),
         sa.Column("is_filled", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("ingested_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_raw_market_data")),
-        sa.UniqueConstraint("exchange", "symbol", "interval", "open_time", name="uq_raw_market_data_candle"),
+        sa.PrimaryKeyConstraint("exchange", "symbol", "interval", "open_time", name=op.f("pk_raw_market_data")),
     )
     op.create_table(
         "processed_market_data",
