@@ -84,6 +84,29 @@ class DataSettings(BaseModel):
     sync_initial_minutes: int = Field((96 + 200 + 1) * 15, ge=1)
 
 
+class ModelSettings(BaseModel):
+    """Where model versions live and how inference runs (DESIGN.md §5)."""
+
+    registry_dir: Path = Path("var/models")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # 0 = leave torch's default (one thread per core).
+    torch_threads: int = Field(0, ge=0)
+    backend: Literal["eager", "onnx"] = "eager"
+
+
+class DecodingSettings(BaseModel):
+    """How the 20 model outputs become a signal (docs/SIGNALS.md)."""
+
+    # The horizon (index into 1, 4, 16, 48 bars) whose direction probabilities decide the signal.
+    primary_horizon: int = Field(1, ge=0, le=3)
+    # Stop-loss / take-profit distances from predicted risk, as fractions of the entry price.
+    stop_loss_risk_multiple: float = Field(1.0, gt=0.0)
+    take_profit_risk_multiple: float = Field(1.5, gt=0.0)
+    min_stop_fraction: float = Field(0.002, gt=0.0)
+    max_stop_fraction: float = Field(0.05, gt=0.0)
+    signal_ttl_minutes: int = Field(15, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -102,6 +125,8 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     data: DataSettings = DataSettings()
     ml_integration: MLIntegrationSettings = MLIntegrationSettings()
+    model: ModelSettings = ModelSettings()
+    decoding: DecodingSettings = DecodingSettings()
 
     @field_validator("log_level")
     @classmethod
