@@ -101,8 +101,11 @@ class CandleStore:
         return int(inserted)
 
     def _write_generic(self, rows: pd.DataFrame) -> int:
-        rows = rows.astype({"turnover": object}).where(rows.notna(), None)
-        values = list(rows[list(_WRITE_COLUMNS)].itertuples(index=False, name=None))
+        columns = [rows[c].tolist() for c in _WRITE_COLUMNS]
+        turnover = _WRITE_COLUMNS.index("turnover")
+        # SQLite stores NaN as NULL anyway; being explicit keeps the two dialects identical.
+        columns[turnover] = [None if v != v else v for v in columns[turnover]]
+        values = list(zip(*columns, strict=True))
         cols = ", ".join(_WRITE_COLUMNS)
         marks = ", ".join("?" for _ in _WRITE_COLUMNS)
         raw = self.engine.raw_connection()
