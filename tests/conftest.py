@@ -17,7 +17,9 @@ REDIS_URL = os.environ.get("MLSIG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_settings(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """No test reads the developer's mlsignals.yaml or MLSIG_* variables by accident."""
     for key in list(os.environ):
         if key.startswith("MLSIG_") and not key.startswith("MLSIG_TEST_"):

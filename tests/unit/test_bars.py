@@ -60,7 +60,9 @@ def test_history_shorter_than_the_window_is_incomplete() -> None:
 def test_training_resample_equals_live_bars_for_every_anchor_phase(phase: int) -> None:
     frame = minutes(600)
     history = resample_anchored(frame, 15, phase)
-    anchors = [a for a in range(ANCHOR - 300 * MINUTE_MS, ANCHOR + 1, MINUTE_MS) if (a // MINUTE_MS) % 15 == phase]
+    anchors = [
+        a for a in range(ANCHOR - 300 * MINUTE_MS, ANCHOR + 1, MINUTE_MS) if (a // MINUTE_MS) % 15 == phase
+    ]
     for anchor in anchors:
         live = panel_from_candles({"A": frame}, anchor, n_bars=8, bar_minutes=15).frame("A")
         train = history.loc[history.index < pd.Timestamp(anchor, unit="ms", tz="UTC")].iloc[-8:]

@@ -82,12 +82,15 @@ def row_count(store: CandleStore) -> int:
     return sum(s.candles for s in store.status("scripted"))
 
 
-def test_backfill_then_sync_twice_leaves_one_row_per_candle(store: CandleStore, source: ScriptedSource) -> None:
+def test_backfill_then_sync_twice_leaves_one_row_per_candle(
+    store: CandleStore, source: ScriptedSource
+) -> None:
     report = ingestor(store, source, END - 6 * 60 * MINUTE_MS).backfill(SYMBOLS, 2)
     assert report.ok, report.failed
     assert report.inserted == 3 * 2 * 1440
     sync = ingestor(store, source).sync(SYMBOLS, initial_minutes=100)
-    assert sync.ok and sync.inserted == 3 * 360
+    assert sync.ok
+    assert sync.inserted == 3 * 360
     again = [
         ingestor(store, source).backfill(SYMBOLS, 2),
         ingestor(store, source).sync(SYMBOLS, initial_minutes=100),
@@ -106,7 +109,9 @@ def test_stored_candles_equal_the_source(store: CandleStore, source: ScriptedSou
     pd.testing.assert_frame_equal(stored.drop(columns="is_filled"), expected, check_exact=True)
 
 
-def test_backfill_resumes_without_refetching_complete_days(store: CandleStore, source: ScriptedSource) -> None:
+def test_backfill_resumes_without_refetching_complete_days(
+    store: CandleStore, source: ScriptedSource
+) -> None:
     ingestor(store, source).backfill(SYMBOLS, 2)
     source.calls.clear()
     report = ingestor(store, source).backfill(SYMBOLS, 3)
@@ -158,7 +163,9 @@ def test_stale_symbol_is_flagged(store: CandleStore, source: ScriptedSource) -> 
 
 def test_read_bars_in_sql_equals_numpy_aggregation(store: CandleStore, source: ScriptedSource) -> None:
     frame = source.data[SYMBOLS[2]]
-    source.data[SYMBOLS[2]] = frame.drop(index=frame.index[-100]).reset_index(drop=True)  # filled by the gap rule
+    source.data[SYMBOLS[2]] = frame.drop(index=frame.index[-100]).reset_index(
+        drop=True
+    )  # filled by the gap rule
     ingestor(store, source).backfill(SYMBOLS, 1)
     anchor = END - 7 * MINUTE_MS
     panel = store.read_bars("scripted", [*SYMBOLS, "MISSING"], anchor, n_bars=40, bar_minutes=15)
@@ -170,7 +177,8 @@ def test_read_bars_in_sql_equals_numpy_aggregation(store: CandleStore, source: S
     np.testing.assert_array_equal(panel.complete, expected.complete)
     for name in ("open", "high", "low", "close", "volume"):
         np.testing.assert_allclose(getattr(panel, name), getattr(expected, name), rtol=1e-12, equal_nan=True)
-    assert panel.complete[:3].all() and not panel.complete[3].any()
+    assert panel.complete[:3].all()
+    assert not panel.complete[3].any()
 
 
 def test_turnover_nulls_and_filled_flags_round_trip(store: CandleStore, source: ScriptedSource) -> None:
@@ -182,5 +190,7 @@ def test_turnover_nulls_and_filled_flags_round_trip(store: CandleStore, source: 
     expected = frame.iloc[-1440:].reset_index(drop=True)
     real = ~stored["is_filled"]
     assert int((~real).sum()) == 1
-    np.testing.assert_array_equal(stored.loc[real, "turnover"].to_numpy(), expected.loc[real, "turnover"].to_numpy())
+    np.testing.assert_array_equal(
+        stored.loc[real, "turnover"].to_numpy(), expected.loc[real, "turnover"].to_numpy()
+    )
     assert stored.loc[~real, "turnover"].tolist() == [0.0]

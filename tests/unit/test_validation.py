@@ -132,7 +132,9 @@ def test_long_gap_rejects_the_batch() -> None:
 def test_gap_against_stored_history() -> None:
     # Stored history ends 5 minutes before this batch starts: longer than the fill limit.
     assert rule_of(candles(), expected_start_ms=T0 - 5 * MINUTE_MS, prev_close=100.0) == "gap"
-    batch = validate_batch(candles(), "X", now_ms=NOW, policy=POLICY, expected_start_ms=T0 - 2 * MINUTE_MS, prev_close=99.0)
+    batch = validate_batch(
+        candles(), "X", now_ms=NOW, policy=POLICY, expected_start_ms=T0 - 2 * MINUTE_MS, prev_close=99.0
+    )
     assert batch.filled_minutes == 2
     assert batch.frame["open_time"].iloc[0] == T0 - 2 * MINUTE_MS
 
