@@ -147,3 +147,9 @@ def test_server_database_must_be_upgraded_first(pg_url: str, monkeypatch: pytest
     result = runner.invoke(app, ["data", "status"])
     assert result.exit_code == 2
     assert "mlsignals db upgrade" in result.output
+
+
+def test_default_sqlite_database_is_created_in_a_new_folder(tmp_path: Path) -> None:
+    result = mlsignals("db", "upgrade", env={"MLSIG_DATA_DIR": str(tmp_path / "fresh" / "var")})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fresh" / "var" / "mlsignals.db").is_file()
