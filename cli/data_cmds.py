@@ -146,22 +146,19 @@ def status(
     if as_json:
         console.print_json(json.dumps(records))
         return
-    table = Table(
-        "symbol",
-        "candles",
-        "newest",
-        "gaps (min)",
-        "filled",
-        "staleness",
-        "quarantine",
-        title=f"candles on {label}",
-    )
+    table = Table(title=f"candles on {label}")
+    table.add_column("symbol", no_wrap=True, min_width=16)
+    table.add_column("candles", justify="right")
+    table.add_column("newest (UTC)", no_wrap=True, min_width=16)
+    for name in ("gaps", "filled", "staleness"):
+        table.add_column(name, justify="right")
+    table.add_column("quarantine")
     for rec in records:
         lag_s = rec["staleness_s"]
         table.add_row(
             str(rec["symbol"]),
             str(rec["candles"]),
-            str(rec["newest"] or "-"),
+            str(rec["newest"] or "-").replace("T", " ").removesuffix(":00Z"),
             str(rec["missing_minutes"]),
             str(rec["filled_minutes"]),
             "-" if lag_s is None else f"{lag_s} s" + (" STALE" if rec["stale"] else ""),
