@@ -174,3 +174,13 @@ def test_time_encodings_follow_the_bar_end() -> None:
     week = (end.dayofweek + hours / 24.0) / 7.0  # Monday 00:00 is phase 0
     np.testing.assert_allclose(feats["dow_sin"], np.sin(2 * np.pi * week), atol=1e-12)
     np.testing.assert_allclose(feats["dow_cos"], np.cos(2 * np.pi * week), atol=1e-12)
+
+
+def test_results_do_not_depend_on_how_the_work_is_batched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.features import engine
+
+    bars = sim_bars("ETH/USDT:USDT", days=6)
+    whole = compute(bars).to_numpy()
+    monkeypatch.setattr(engine, "_ROWS_PER_CALL", 2)
+    monkeypatch.setattr(engine, "_BLOCKS_PER_CALL", 3)
+    assert_same(compute(bars).to_numpy(), whole)

@@ -421,4 +421,4 @@ def test_windowed_psar_is_the_path_restarted_100_bars_back(
     windowed, _, _ = psar_windowed(h, low, c, 0.02, 0.2, window, BURN_IN)
     path = _psar_path(bars)[BURN_IN:]
     agree = np.isclose(windowed[0], path, rtol=1e-12, atol=0).mean()
-    assert agree >= 0.9, f"{name}: windowed SAR equals ta's on only {agree:.1%} of rows"
+    assert agree >= 0.97, f"{name}: windowed SAR equals ta's on only {agree:.1%} of rows"
