@@ -107,6 +107,32 @@ class DecodingSettings(BaseModel):
     signal_ttl_minutes: int = Field(15, ge=1)
 
 
+class CelerySettings(BaseModel):
+    """Broker and backend; empty means ``redis_url`` (db 0 broker, db 1 results)."""
+
+    broker_url: str = ""
+    result_backend: str = ""
+    result_expires_seconds: int = Field(600, ge=60)
+    # Redis redelivers an unacknowledged task after this long; longer than any task's hard limit.
+    visibility_timeout_seconds: int = Field(300, ge=30)
+
+
+class PipelineSettings(BaseModel):
+    """The minute pipeline (docs/ML_INTEGRATION.md)."""
+
+    # A minute whose run would start later than this after the minute began is skipped, not run late.
+    max_start_delay_seconds: float = Field(20.0, gt=0)
+    # The minute's whole chord must finish inside the minute: tasks expire after this.
+    minute_deadline_seconds: float = Field(55.0, gt=0)
+    feature_ttl_seconds: int = Field(180, ge=10)
+    # Symbols per feature task (1 = one task per symbol); defaults to ml_integration.batch_size.
+    symbols_per_task: int = Field(0, ge=0)
+    # How long a feature task waits for the exchange to publish the just-closed candle.
+    candle_wait_seconds: float = Field(6.0, ge=0)
+    heartbeat_channel: str = "signals:heartbeat"
+    channel: str = "signals"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -127,6 +153,8 @@ class Settings(BaseSettings):
     ml_integration: MLIntegrationSettings = MLIntegrationSettings()
     model: ModelSettings = ModelSettings()
     decoding: DecodingSettings = DecodingSettings()
+    celery: CelerySettings = CelerySettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @field_validator("log_level")
     @classmethod
@@ -165,6 +193,12 @@ def config_file_path() -> Path | None:
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """``url`` with its database number replaced by ``db``."""
+    base, _, tail = url.rpartition("/")
+    return f"{base}/{db}" if tail.isdigit() else f"{url.rstrip('/')}/{db}"
 
 
 @lru_cache(maxsize=1)

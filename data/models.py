@@ -135,3 +135,87 @@ class DataQuarantine(Base):
     detail: Mapped[str] = mapped_column(Text)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PipelineRun(Base):
+    """The ledger: one row per minute, the arbiter of "exactly one effective run per minute"."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    symbols_asked: Mapped[int] = mapped_column(Integer, default=0)
+    signals_made: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SignalRecord(Base):
+    """A published trading signal; unique per symbol, minute and model version (writes are upserts).
+
+    ``published_at`` and ``orders_enqueued_at`` make the table its own outbox: a callback that died
+    between the commit and the publish finishes the job on redelivery, and never does it twice.
+    """
+
+    __tablename__ = "signals"
+    __table_args__ = (UniqueConstraint("symbol", "minute", "model_version", name="uq_signals_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    bar_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    direction: Mapped[str] = mapped_column(String(8))
+    confidence: Mapped[float] = mapped_column(Double)
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    returns: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    risk: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    entry_price: Mapped[float] = mapped_column(Double)
+    stop_loss: Mapped[float | None] = mapped_column(Double, nullable=True)
+    take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    schema_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    orders_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class MlPrediction(Base):
+    """The raw 20 outputs behind a signal, for audit and for re-decoding under new rules."""
+
+    __tablename__ = "ml_predictions"
+    __table_args__ = (UniqueConstraint("symbol", "minute", "model_version", name="uq_ml_predictions_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    outputs: Mapped[list[float]] = mapped_column(JsonDocument)
+    temperature: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OrderIntent(Base):
+    """An order the execution worker was asked to place; the client order id makes it idempotent."""
+
+    __tablename__ = "order_intents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(8))
+    confidence: Mapped[float] = mapped_column(Double)
+    entry_price: Mapped[float] = mapped_column(Double)
+    stop_loss: Mapped[float | None] = mapped_column(Double, nullable=True)
+    take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

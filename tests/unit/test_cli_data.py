@@ -134,9 +134,9 @@ def test_import_of_bad_file_writes_nothing(env: dict[str, str], tmp_path: Path) 
 def test_db_commands(env: dict[str, str]) -> None:
     up = runner.invoke(app, ["db", "upgrade"])
     assert up.exit_code == 0
-    assert "schema at 0001" in up.output
+    assert "schema at 0002" in up.output
     current = runner.invoke(app, ["db", "current"])
-    assert "current: 0001" in current.output
+    assert "current: 0002" in current.output
     down = runner.invoke(app, ["db", "downgrade", "--revision", "base"])
     assert down.exit_code == 0
     assert "schema at base" in down.output

@@ -9,7 +9,16 @@ from sqlalchemy import inspect
 from data import db
 from data.models import Base, exists_on_dialect
 
-TABLES = {"raw_market_data", "processed_market_data", "technical_indicators", "data_quarantine"}
+TABLES = {
+    "raw_market_data",
+    "processed_market_data",
+    "technical_indicators",
+    "data_quarantine",
+    "pipeline_runs",
+    "signals",
+    "ml_predictions",
+    "order_intents",
+}
 
 
 def diff(url: str) -> list[object]:
