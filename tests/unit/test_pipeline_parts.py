@@ -208,3 +208,11 @@ def test_client_order_id_is_deterministic_and_short() -> None:
     assert a == client_order_id("BTC/USDT:USDT", MINUTE, "v1")
     assert a != client_order_id("BTC/USDT:USDT", MINUTE, "v2")
     assert len(a) <= 36
+
+
+def test_published_schema_in_the_docs_matches_the_models() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ML_API.md").read_text()
+    block = text.split("## JSON Schema", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == message_json_schema()
