@@ -60,11 +60,7 @@ def settings() -> Settings:
 
 
 def policy(s: Settings) -> ValidationPolicy:
-    return ValidationPolicy(
-        max_fill_gap_minutes=s.data.max_fill_gap_minutes,
-        max_abs_log_return=s.data.max_abs_log_return,
-        stale_after_ms=s.data.stale_after_seconds * 1000,
-    )
+    return ValidationPolicy.from_settings(s)
 
 
 def ready_store(s: Settings) -> CandleStore:

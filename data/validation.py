@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataValidationError
+from core.settings import Settings
 from core.timegrid import MINUTE_MS, iso_minute
 from data.candles import CANDLE_COLUMNS, PRICE_COLUMNS, coerce_candles
 
@@ -21,6 +22,14 @@ class ValidationPolicy:
     max_fill_gap_minutes: int = 3
     max_abs_log_return: float = 0.25
     stale_after_ms: int = 300_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationPolicy:
+        return cls(
+            max_fill_gap_minutes=settings.data.max_fill_gap_minutes,
+            max_abs_log_return=settings.data.max_abs_log_return,
+            stale_after_ms=settings.data.stale_after_seconds * 1000,
+        )
 
 
 @dataclass(frozen=True)

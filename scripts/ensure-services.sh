@@ -30,4 +30,12 @@ wait_for postgresql pg_isready -h 127.0.0.1 -p 5432
 if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1; then
   createdb -h 127.0.0.1 -U postgres test
 fi
+
+
+# Optional: the compose file is validated with `docker-compose config -q` (Debian's docker-compose
+# parses without an engine). Best effort: the test that uses it skips when it cannot be installed.
+if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
+    || echo "ensure-services: docker-compose not installed; its compose check will be skipped"
+fi
 echo "ensure-services: redis and postgresql are up"

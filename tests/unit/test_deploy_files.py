@@ -1,0 +1,461 @@
+"""The deployment files (docker-compose.yml, docker/Dockerfile*, .dockerignore), checked without an engine.
+
+Parsed with PyYAML and a small Dockerfile reader: the service set, each worker's command against
+``worker_command(queue)``, health checks, ``depends_on`` conditions, loopback-only ports, the GPU
+reservation, pinned base images, a non-root user and the layer order. When a Compose CLI is on the
+PATH (``docker compose`` v2 or the ``docker-compose`` v1 package) it also validates the file with
+``config -q``, which needs no engine; without one that test is skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from core.settings import redis_db_url
+from worker.queues import Queue, worker_command
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+CPU_DOCKERFILE = "docker/Dockerfile"
+GPU_DOCKERFILE = "docker/Dockerfile.gpu"
+
+INFRA = {"redis", "postgres", "migrate", "beat", "flower"}
+QUEUE_SERVICES = {q.value for q in Queue}
+ONE_SHOT = {"migrate"}
+OK_CONDITIONS = {"service_healthy", "service_completed_successfully"}
+# Services that run the project's code and so need its settings.
+PROJECT_SERVICES = (QUEUE_SERVICES | INFRA) - {"redis", "postgres"}
+# Services that read the model registry (features: the scaler; inference: the model; control).
+MODEL_SERVICES = {Queue.CONTROL.value, Queue.FEATURES.value, Queue.INFERENCE.value}
+
+
+# --------------------------------------------------------------------------------------- readers
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.load(COMPOSE_FILE.read_text(), Loader=_StrictLoader)
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def interpolate(text: str) -> str:
+    """Compose's ``${VAR:-default}`` with every variable unset (the defaults a fresh checkout gets)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m[1], text)
+
+
+def celery_subcommand(command: list[str]) -> str | None:
+    if command[:1] != ["celery"]:
+        return None
+    rest = command[1:]
+    if rest[:1] == ["-A"]:
+        rest = rest[2:]
+    return rest[0] if rest else None
+
+
+def health_test(service: dict[str, Any]) -> str:
+    """The health check's command as one string (what compose hands to Docker)."""
+    test = service["healthcheck"]["test"]
+    if isinstance(test, str):
+        return test
+    return " ".join(str(part) for part in test[1:])
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: continuations joined, comments and directives dropped."""
+    instructions: list[tuple[str, str]] = []
+    buffer = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not buffer):
+            continue
+        if line.endswith("\\"):
+            buffer += line[:-1] + " "
+            continue
+        buffer += line
+        keyword, _, rest = buffer.strip().partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        buffer = ""
+    assert not buffer, f"{path}: dangling line continuation"
+    return instructions
+
+
+def arg_defaults(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    defaults: dict[str, str] = {}
+    for keyword, rest in instructions:
+        if keyword == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            defaults[name.strip()] = value.strip().strip('"')
+    return defaults
+
+
+def expand(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), text)
+
+
+def copy_sources(rest: str) -> list[str]:
+    parts = json.loads(rest) if rest.startswith("[") else [p for p in rest.split() if not p.startswith("--")]
+    return [str(p) for p in parts[:-1]]
+
+
+def referenced_dockerfiles() -> dict[str, Path]:
+    """Service name -> Dockerfile path, for every service that builds an image."""
+    found = {}
+    for name, svc in services().items():
+        build = svc.get("build")
+        if build is None:
+            continue
+        if isinstance(build, str):
+            build = {"context": build}
+        context = ROOT / build.get("context", ".")
+        found[name] = context / build.get("dockerfile", "Dockerfile")
+    return found
+
+
+def all_dockerfiles() -> list[str]:
+    return sorted({str(p.relative_to(ROOT)) for p in referenced_dockerfiles().values()})
+
+
+# ------------------------------------------------------------------------------------- compose
+
+
+def test_compose_has_every_required_service() -> None:
+    missing = (INFRA | QUEUE_SERVICES) - set(services())
+    assert not missing, f"docker-compose.yml lacks services {sorted(missing)}"
+
+
+@pytest.mark.parametrize("queue", list(Queue), ids=str)
+def test_worker_service_command_is_worker_command(queue: Queue) -> None:
+    service = services().get(queue.value)
+    assert service is not None, f"no service for queue {queue.value}"
+    assert argv(service["command"]) == worker_command(queue)
+
+
+def test_only_queue_services_run_celery_workers() -> None:
+    for name, svc in services().items():
+        if celery_subcommand(argv(svc.get("command") or [])) == "worker":
+            assert name in QUEUE_SERVICES, f"{name} runs a celery worker outside the Queue enum"
+
+
+@pytest.mark.parametrize("name", sorted(INFRA | QUEUE_SERVICES))
+def test_every_service_has_a_healthcheck(name: str) -> None:
+    check = services()[name].get("healthcheck")
+    assert isinstance(check, dict), f"{name} has no healthcheck"
+    assert not check.get("disable"), f"{name} disables its healthcheck"
+    test = check.get("test")
+    assert isinstance(test, list), f"{name}: healthcheck.test must be a list"
+    assert test[0] in {"CMD", "CMD-SHELL"}
+    assert len(test) > 1
+    assert all(part.strip() for part in test[1:])
+
+
+@pytest.mark.parametrize("queue", list(Queue), ids=str)
+def test_worker_healthcheck_pings_its_own_node(queue: Queue) -> None:
+    command = worker_command(queue)
+    node = command[command.index("-n") + 1]
+    assert node.endswith("@%h")
+    expected = node.replace("%h", "$$HOSTNAME")  # compose turns $$ into $ for the shell
+    test = services()[queue.value]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    check = shlex.split(test[1])
+    assert check[:1] == ["celery"]
+    assert "inspect" in check
+    assert "ping" in check
+    assert check[check.index("-d") + 1] == expected
+
+
+def test_beat_answers_remote_control_and_is_pinged() -> None:
+    beat = services()["beat"]
+    command = argv(beat["command"])
+    assert command[:4] == ["celery", "-A", "worker", "beat"]
+    assert "--enable-remote-control" in command
+    node = command[command.index("-n") + 1]
+    check = shlex.split(beat["healthcheck"]["test"][1])
+    assert check[check.index("-d") + 1] == node.replace("%h", "$$HOSTNAME")
+    schedule = command[command.index("--schedule") + 1]
+    mounts = [str(v).split(":")[1] for v in beat.get("volumes", [])]
+    assert any(schedule.startswith(m.rstrip("/") + "/") for m in mounts) or schedule.startswith("/tmp/")
+
+
+def test_healthcheck_variables_are_defined() -> None:
+    """Every $$VAR a shell health check reads exists in the container's environment."""
+    for name, svc in services().items():
+        env = set((svc.get("environment") or {}).keys()) | {"HOSTNAME"}
+        for var in re.findall(r"\$\$\{?(\w+)", health_test(svc)):
+            assert var in env, f"{name}: healthcheck reads ${var}, which the service does not set"
+
+
+def test_healthcheck_broker_is_the_workers_broker() -> None:
+    env = services()[Queue.CONTROL.value]["environment"]
+    assert env["MLSIG_CELERY__BROKER_URL"] == redis_db_url(env["MLSIG_REDIS_URL"], 0)
+
+
+def test_flower() -> None:
+    flower = services()["flower"]
+    command = argv(flower["command"])
+    assert command[:4] == ["celery", "-A", "worker", "flower"]
+    assert "--port=5555" in command
+    assert "127.0.0.1:5555:5555" in [interpolate(str(p)) for p in flower["ports"]]
+    assert "/healthcheck" in health_test(flower)
+
+
+def test_migrate_is_a_one_shot_schema_upgrade() -> None:
+    migrate = services()["migrate"]
+    assert argv(migrate["command"]) == ["mlsignals", "db", "upgrade"]
+    assert migrate.get("restart") == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", sorted(INFRA | QUEUE_SERVICES))
+def test_depends_on_uses_conditions(name: str) -> None:
+    depends = services()[name].get("depends_on", {})
+    assert isinstance(depends, dict), f"{name}: depends_on must be a mapping with conditions"
+    for target, spec in depends.items():
+        assert target in services(), f"{name} depends on unknown {target}"
+        assert isinstance(spec, dict), f"{name} -> {target} has no condition"
+        condition = spec.get("condition")
+        assert condition in OK_CONDITIONS, f"{name} -> {target}: condition {condition!r}"
+        if condition == "service_completed_successfully":
+            assert target in ONE_SHOT
+        else:
+            assert "healthcheck" in services()[target]
+
+
+@pytest.mark.parametrize("name", sorted(QUEUE_SERVICES | {"beat"}))
+def test_workers_and_beat_wait_for_broker_and_schema(name: str) -> None:
+    depends = services()[name]["depends_on"]
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    if name != "beat":
+        assert depends["postgres"]["condition"] == "service_healthy"
+
+
+def _published(port: Any) -> str | None:
+    """The host side of a port entry as 'IP:PORT', or None for a bare container port."""
+    if isinstance(port, dict):
+        if "published" not in port:
+            return None
+        return f"{port.get('host_ip', '0.0.0.0')}:{port['published']}"
+    text = interpolate(str(port))
+    return text if ":" in text else None
+
+
+@pytest.mark.parametrize("name", sorted(INFRA | QUEUE_SERVICES))
+def test_published_ports_bind_loopback_only(name: str) -> None:
+    svc = services()[name]
+    assert svc.get("network_mode") != "host", f"{name}: host networking bypasses the port bindings"
+    for port in svc.get("ports", []):
+        published = _published(port)
+        assert published is not None, f"{name}: {port!r} publishes on every interface"
+        assert published.startswith("127.0.0.1:"), f"{name}: {port!r} is not bound to 127.0.0.1"
+
+
+def test_long_running_services_restart() -> None:
+    for name, svc in services().items():
+        if name not in ONE_SHOT:
+            assert svc.get("restart") == "unless-stopped", name
+
+
+def test_inference_reserves_a_gpu_and_uses_the_gpu_image() -> None:
+    inference = services()[Queue.INFERENCE.value]
+    devices = inference["deploy"]["resources"]["reservations"]["devices"]
+    assert any(
+        d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and d.get("count", 0) >= 1
+        for d in devices
+    )
+    assert inference["build"]["dockerfile"] == GPU_DOCKERFILE
+    for name, path in referenced_dockerfiles().items():
+        if name != Queue.INFERENCE.value:
+            assert path == ROOT / CPU_DOCKERFILE, f"{name} should use the CPU image"
+
+
+def test_project_services_share_settings_and_model_volume() -> None:
+    for name in PROJECT_SERVICES:
+        env = services()[name].get("environment") or {}
+        assert "@postgres:5432/" in env.get("MLSIG_DATABASE_URL", ""), name
+        assert env.get("MLSIG_REDIS_URL", "").startswith("redis://redis:6379/"), name
+    for name in MODEL_SERVICES:
+        svc = services()[name]
+        registry = svc["environment"]["MLSIG_MODEL__REGISTRY_DIR"]
+        targets = {str(v).split(":")[0]: str(v).split(":")[1] for v in svc.get("volumes", [])}
+        assert targets.get("models") == registry, f"{name} must mount the models volume at {registry}"
+    assert "models" in compose()["volumes"]
+
+
+def test_no_hard_coded_password() -> None:
+    postgres = services()["postgres"]["environment"]
+    assert str(postgres["POSTGRES_PASSWORD"]).startswith("${POSTGRES_PASSWORD")
+    url = services()["migrate"]["environment"]["MLSIG_DATABASE_URL"]
+    assert ":${POSTGRES_PASSWORD" in url
+
+
+def test_compose_builds_only_existing_dockerfiles() -> None:
+    for name, path in referenced_dockerfiles().items():
+        assert path.is_file(), f"{name} builds from missing {path}"
+    assert set(all_dockerfiles()) == {CPU_DOCKERFILE, GPU_DOCKERFILE}
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_cli_validates_the_file() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Compose CLI (docker compose / docker-compose) on PATH")
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------- Dockerfiles
+
+
+@pytest.mark.parametrize("relpath", [CPU_DOCKERFILE, GPU_DOCKERFILE])
+def test_dockerfile_base_images_are_pinned(relpath: str) -> None:
+    instructions = dockerfile(ROOT / relpath)
+    args = arg_defaults(instructions)
+    stages: set[str] = set()
+    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert froms, f"{relpath} has no FROM"
+    for rest in froms:
+        tokens = [t for t in rest.split() if not t.startswith("--")]
+        image = expand(tokens[0], args)
+        if len(tokens) >= 3 and tokens[1].lower() == "as":
+            stages.add(tokens[2])
+        if image in stages:
+            continue
+        if "@sha256:" in image:
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name, f"{relpath}: {image} has no tag"
+        assert "/" not in tag, f"{relpath}: {image} has no tag"
+        assert tag != "latest", f"{relpath}: {image} uses :latest"
+        assert re.search(r"\d", tag), f"{relpath}: {image} tag names no version"
+
+
+@pytest.mark.parametrize("relpath", [CPU_DOCKERFILE, GPU_DOCKERFILE])
+def test_dockerfile_runs_as_non_root(relpath: str) -> None:
+    users = [rest for keyword, rest in dockerfile(ROOT / relpath) if keyword == "USER"]
+    assert users, f"{relpath} sets no USER"
+    user = users[-1].split(":")[0].strip()
+    assert user not in {"root", "0", ""}, f"{relpath} runs as {user!r}"
+
+
+@pytest.mark.parametrize("relpath", [CPU_DOCKERFILE, GPU_DOCKERFILE])
+def test_dockerfile_installs_pins_before_copying_the_project(relpath: str) -> None:
+    instructions = dockerfile(ROOT / relpath)
+    copies = [(i, copy_sources(rest)) for i, (k, rest) in enumerate(instructions) if k in {"COPY", "ADD"}]
+    req = next(i for i, src in copies if "requirements.txt" in src)
+    project = next(i for i, src in copies if "." in src or "pyproject.toml" in src)
+    assert req < project, f"{relpath}: COPY requirements.txt must come before the project"
+    pip_r = [
+        i
+        for i, (k, rest) in enumerate(instructions)
+        if k == "RUN" and "pip install" in rest and "requirements.txt" in rest
+    ]
+    assert pip_r, f"{relpath} never installs requirements.txt"
+    assert req < pip_r[0] < project
+    installs_project = [
+        i for i, (k, rest) in enumerate(instructions) if k == "RUN" and "pip install --no-deps ." in rest
+    ]
+    assert installs_project, f"{relpath} never installs the project"
+    assert installs_project[0] > project
+    assert ("WORKDIR", "/app") in instructions
+    env = " ".join(rest for k, rest in instructions if k == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env
+
+
+def _torch_pin() -> str:
+    match = re.search(r"^torch==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert match, "requirements.txt pins no torch"
+    return match[1]
+
+
+def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
+    instructions = dockerfile(ROOT / CPU_DOCKERFILE)
+    runs = expand(" ".join(r for k, r in instructions if k == "RUN"), arg_defaults(instructions))
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in runs.replace('"', "")
+    assert "cu12" not in runs
+
+
+def test_gpu_image_takes_the_pinned_torch_from_a_cuda_index() -> None:
+    instructions = dockerfile(ROOT / GPU_DOCKERFILE)
+    runs = expand(" ".join(r for k, r in instructions if k == "RUN"), arg_defaults(instructions))
+    runs = runs.replace('"', "")
+    assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu12\d+ torch==", runs)
+    assert f"torch=={_torch_pin()}" in runs
+    base = next(r for k, r in instructions if k == "FROM")
+    assert base.startswith("nvidia/cuda:") or base.startswith("pytorch/pytorch:")
+
+
+def test_gpu_image_default_command_is_the_inference_worker() -> None:
+    cmd = [rest for keyword, rest in dockerfile(ROOT / GPU_DOCKERFILE) if keyword == "CMD"][-1]
+    assert json.loads(cmd) == worker_command(Queue.INFERENCE)
+
+
+def test_dockerignore_keeps_state_and_tests_out_but_the_build_inputs_in() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not line.startswith("!")
+    ]
+
+    def ignored(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p.lstrip("/")) for p in patterns)
+
+    for name in (".git", ".venv", "var", "tests", ".mypy_cache", ".pytest_cache", ".ruff_cache"):
+        assert ignored(name), f".dockerignore lets {name} into the image"
+    needed = ["requirements.txt", "pyproject.toml", "README.md", "alembic.ini", "celeryconfig.py"]
+    needed += ["core", "data", "ml", "cli", "migrations", "worker", "tasks", "trading"]
+    for name in needed:
+        assert not ignored(name), f".dockerignore drops {name}, which the image needs"
