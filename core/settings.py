@@ -113,8 +113,12 @@ class CelerySettings(BaseModel):
     broker_url: str = ""
     result_backend: str = ""
     result_expires_seconds: int = Field(600, ge=60)
-    # Redis redelivers an unacknowledged task after this long; longer than any task's hard limit.
-    visibility_timeout_seconds: int = Field(300, ge=30)
+    # Redis redelivers an unacknowledged task after this long: longer than the hard time limit of
+    # every late-acknowledged task (the minute's tasks stop within 50 s), short enough that work of
+    # a dead worker comes back while it is still useful.
+    visibility_timeout_seconds: int = Field(60, ge=2)
+    # How often a worker looks for such unacknowledged messages to restore.
+    unacked_restore_interval_seconds: int = Field(5, ge=1)
 
 
 class PipelineSettings(BaseModel):

@@ -1,0 +1,156 @@
+"""``mlsignals run``: the embedded default, beat and every worker in this process (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from cli.common import clean_errors, console, settings
+from core.errors import MLSignalsError
+from core.settings import Settings
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms, parse_minute
+from data.messages import HeartbeatMessage, SignalMessage, parse_message
+
+ROWS = 20
+
+
+class SignalBoard:
+    """The newest signal per symbol, the last heartbeat, and a one-line log per minute."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, SignalMessage] = {}
+        self.heartbeats: list[HeartbeatMessage] = []
+
+    def feed(self, raw: str) -> HeartbeatMessage | None:
+        message = parse_message(raw)
+        if isinstance(message, HeartbeatMessage):
+            self.heartbeats.append(message)
+            return message
+        self.latest[message.symbol] = message
+        return None
+
+    def table(self) -> Table:
+        last = self.heartbeats[-1] if self.heartbeats else None
+        title = (
+            "waiting for the first minute…"
+            if last is None
+            else (
+                f"minute {last.minute:%Y-%m-%d %H:%M} UTC: {last.status}, {last.signals} signals, "
+                f"{last.actionable} actionable, {last.failed} failed, model {last.model_version}"
+            )
+        )
+        table = Table(title=title, title_justify="left")
+        for name in ("symbol", "direction", "confidence", "entry", "stop-loss", "take-profit", "minute"):
+            table.add_column(name, no_wrap=True)
+        ranked = sorted(
+            self.latest.values(), key=lambda m: (m.direction == "NEUTRAL", -m.confidence, m.symbol)
+        )[:ROWS]
+        for m in ranked:
+            table.add_row(
+                m.symbol,
+                m.direction,
+                f"{m.confidence:.3f}",
+                f"{m.entry_price:.6g}",
+                "-" if m.stop_loss is None else f"{m.stop_loss:.6g}",
+                "-" if m.take_profit is None else f"{m.take_profit:.6g}",
+                f"{m.minute:%H:%M}",
+            )
+        return table
+
+
+def minute_line(beat: HeartbeatMessage, seconds: float | None) -> str:
+    took = "" if seconds is None else f" in {seconds:.2f} s"
+    return (
+        f"{beat.minute:%Y-%m-%d %H:%M} {beat.status}: {beat.signals} signals "
+        f"({beat.actionable} actionable, {beat.failed} failed){took}"
+    )
+
+
+@clean_errors
+def run(
+    minutes: int = typer.Option(
+        0, "--minutes", min=0, help="Stop after this many minutes (0: run until Ctrl-C)."
+    ),
+    replay: bool = typer.Option(
+        False, "--replay", help="Run past minutes back to back, as fast as possible."
+    ),
+    start: str | None = typer.Option(None, help="First minute of a replay (ISO, default: MINUTES ago)."),
+    symbols: int | None = typer.Option(
+        None, "--symbols", min=1, help="Use the first N symbols of the universe."
+    ),
+) -> None:
+    """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
+    from ml.bootstrap import ensure_champion
+    from worker.embedded import embedded_runtime
+
+    s = settings()
+    if symbols:
+        s.data.universe_size = symbols
+    ensure_champion(s, console=console)
+    if replay:
+        count = minutes or 10
+        first = parse_minute(start) if start else floor_minute(now_ms()) - count * MINUTE_MS
+        _replay(s, first, count)
+        return
+    with embedded_runtime(s, beat=True) as rt:
+        inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
+        board = SignalBoard()
+        done = 0
+        console.print(
+            f"embedded run: {len(rt.symbols())} symbols from {rt.source.name}, database {s.database_url}; "
+            "the first minute starts at the next minute boundary",
+            highlight=False,
+        )
+        with Live(board.table(), console=console, refresh_per_second=2, transient=False) as live:
+            try:
+                while not minutes or done < minutes:
+                    try:
+                        _channel, raw = inbox.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    beat = board.feed(raw)
+                    live.update(board.table())
+                    if beat is not None:
+                        run = rt.ledger.get(beat.minute)
+                        total = (run.timings or {}).get("minute_total") if run else None
+                        live.console.print(minute_line(beat, total), highlight=False)
+                        done += 1
+            except KeyboardInterrupt:
+                pass
+
+
+def _replay(s: Settings, first: int, count: int) -> None:
+    from celery.result import AsyncResult
+
+    from tasks.pipeline import start_minute
+    from worker.embedded import embedded_runtime
+
+    with embedded_runtime(s, beat=False) as rt:
+        inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
+        board = SignalBoard()
+        began = time.perf_counter()
+        for i in range(count):
+            minute = iso_minute(first + i * MINUTE_MS)
+            tick = time.perf_counter()
+            outcome = start_minute(rt, minute, replay=True)
+            if "result_id" not in outcome:
+                console.print(f"{minute}: {outcome['status']} {outcome.get('note', '')}", highlight=False)
+                continue
+            AsyncResult(outcome["result_id"]).get(timeout=s.pipeline.minute_deadline_seconds, propagate=True)
+            while True:
+                try:
+                    _channel, raw = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                beat = board.feed(raw)
+                if beat is not None:
+                    console.print(minute_line(beat, time.perf_counter() - tick), highlight=False)
+        console.print(board.table())
+        total = time.perf_counter() - began
+        console.print(f"replayed {count} minutes in {total:.1f} s ({total / max(count, 1):.2f} s per minute)")
+        if not board.heartbeats:
+            raise MLSignalsError("replay produced no minute")

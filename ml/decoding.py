@@ -1,0 +1,204 @@
+"""The one place where the model's 20 outputs become probabilities, classes, returns, risk and a signal.
+
+Rules (docs/SIGNALS.md has the full table and the configuration keys):
+
+* per horizon, probabilities are ``softmax(logits / T)`` over [LONG, SHORT, FLAT] with the model's
+  learned temperature ``T``; the horizon's class is the argmax (ties go to the first of LONG,
+  SHORT, FLAT);
+* returns are ``tanh output * return_scale`` and risk ``softplus output * risk_scale``
+  (fractions of the entry price), the scales coming from the version's output schema;
+* the signal reads the primary horizon only: direction = its argmax, confidence = that class's
+  probability; FLAT, or a confidence below ``confidence_threshold``, gives NEUTRAL;
+* the adverse risk of a LONG is the predicted drawdown, of a SHORT the predicted rally, over the
+  risk window that covers the horizon (4 bars for horizons up to 4, else 16); the stop-loss
+  distance is ``clamp(stop_loss_risk_multiple * adverse, min_stop_fraction, max_stop_fraction)``,
+  the take-profit distance the same with ``take_profit_risk_multiple``; a LONG has its stop below
+  and its target above the entry, a SHORT the mirror image, a NEUTRAL neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import ConfigError
+from core.settings import Settings
+from ml.model.schema import DEFAULT_OUTPUT_SCHEMA, OutputSchema
+
+FloatArray = npt.NDArray[np.float64]
+
+LONG, SHORT, NEUTRAL = 0, 1, 2
+SIGNAL_DIRECTIONS: tuple[str, ...] = ("LONG", "SHORT", "NEUTRAL")
+
+
+@dataclass(frozen=True)
+class DecodeRules:
+    primary_horizon: int = 1
+    confidence_threshold: float = 0.6
+    stop_loss_risk_multiple: float = 1.0
+    take_profit_risk_multiple: float = 1.5
+    min_stop_fraction: float = 0.002
+    max_stop_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ConfigError(f"confidence_threshold {self.confidence_threshold} is outside [0, 1]")
+        if not 0.0 < self.min_stop_fraction <= self.max_stop_fraction < 1.0:
+            raise ConfigError(
+                f"need 0 < min_stop_fraction ({self.min_stop_fraction}) <= max_stop_fraction "
+                f"({self.max_stop_fraction}) < 1"
+            )
+        if self.stop_loss_risk_multiple <= 0 or self.take_profit_risk_multiple <= 0:
+            raise ConfigError("risk multiples must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeRules:
+        d = settings.decoding
+        return cls(
+            primary_horizon=d.primary_horizon,
+            confidence_threshold=settings.ml_integration.signals.confidence_threshold,
+            stop_loss_risk_multiple=d.stop_loss_risk_multiple,
+            take_profit_risk_multiple=d.take_profit_risk_multiple,
+            min_stop_fraction=d.min_stop_fraction,
+            max_stop_fraction=d.max_stop_fraction,
+        )
+
+
+@dataclass(frozen=True)
+class DecodedArrays:
+    """Vectorised decoding of a batch; ``stop_loss``/``take_profit`` are NaN for NEUTRAL."""
+
+    probabilities: FloatArray  # [B, H, 3] LONG, SHORT, FLAT
+    classes: npt.NDArray[np.int64]  # [B, H] argmax per horizon (0 LONG, 1 SHORT, 2 FLAT)
+    returns: FloatArray  # [B, H] fractions
+    risk: FloatArray  # [B, 4] fractions, schema.risk_names order
+    direction: npt.NDArray[np.int64]  # [B] 0 LONG, 1 SHORT, 2 NEUTRAL
+    confidence: FloatArray  # [B]
+    entry: FloatArray  # [B]
+    stop_loss: FloatArray  # [B]
+    take_profit: FloatArray  # [B]
+
+
+@dataclass(frozen=True)
+class DecodedSignal:
+    direction: str  # LONG / SHORT / NEUTRAL
+    confidence: float
+    entry_price: float
+    stop_loss: float | None
+    take_profit: float | None
+    primary_horizon: int  # index into horizons
+    horizons: tuple[int, ...]  # bars
+    probabilities: tuple[tuple[float, float, float], ...]  # per horizon: LONG, SHORT, FLAT
+    classes: tuple[str, ...]  # per horizon: LONG / SHORT / FLAT
+    returns: tuple[float, ...]  # per horizon, fraction of the entry price
+    risk: tuple[float, ...]  # schema.risk_names order, fractions of the entry price
+    risk_names: tuple[str, ...]
+
+
+def softmax(logits: FloatArray, temperature: float) -> FloatArray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def risk_columns(schema: OutputSchema, horizon: int) -> tuple[int, int]:
+    """(drawdown, rally) columns of the risk window covering ``horizon`` bars: the shortest window at
+    least as long as the horizon, else the longest."""
+    windows = sorted(set(schema.risk_windows))
+    window = next((w for w in windows if w >= horizon), windows[-1])
+    dd = schema.risk_names.index(next(n for n, w in zip(schema.risk_names, schema.risk_windows, strict=True)
+                                      if w == window and n.startswith("drawdown")))
+    ru = schema.risk_names.index(next(n for n, w in zip(schema.risk_names, schema.risk_windows, strict=True)
+                                      if w == window and n.startswith("rally")))
+    return dd, ru
+
+
+def decode_arrays(
+    outputs: npt.ArrayLike,
+    temperature: float,
+    prices: npt.ArrayLike,
+    rules: DecodeRules,
+    schema: OutputSchema = DEFAULT_OUTPUT_SCHEMA,
+) -> DecodedArrays:
+    out = np.asarray(outputs, dtype=np.float64)
+    entry = np.asarray(prices, dtype=np.float64).reshape(-1)
+    n_h = len(schema.horizons)
+    n_c = len(schema.direction_classes)
+    if out.ndim != 2 or out.shape[1] != schema.n_outputs:
+        raise ValueError(f"outputs must be [batch, {schema.n_outputs}], got {out.shape}")
+    if entry.shape[0] != out.shape[0]:
+        raise ValueError(f"{out.shape[0]} outputs but {entry.shape[0]} entry prices")
+    if not (np.isfinite(entry).all() and (entry > 0).all()):
+        raise ValueError("entry prices must be finite and positive")
+    if not np.isfinite(out).all():
+        raise ValueError("model outputs hold non-finite values")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and positive, got {temperature}")
+    if not 0 <= rules.primary_horizon < n_h:
+        raise ConfigError(f"primary_horizon {rules.primary_horizon} is not one of 0..{n_h - 1}")
+
+    returns = out[:, :n_h] * np.asarray(schema.return_scales)
+    logits = out[:, n_h : n_h + n_h * n_c].reshape(-1, n_h, n_c)
+    probs = softmax(logits, temperature)
+    classes = probs.argmax(axis=-1)
+    risk = out[:, n_h + n_h * n_c :] * np.asarray(schema.risk_scales)
+
+    p = rules.primary_horizon
+    top = classes[:, p]
+    confidence = probs[np.arange(out.shape[0]), p, top]
+    flat = schema.direction_classes.index("FLAT")
+    direction = np.where((top == flat) | (confidence < rules.confidence_threshold), NEUTRAL, top)
+
+    dd_col, ru_col = risk_columns(schema, schema.horizons[p])
+    adverse = np.where(direction == SHORT, risk[:, ru_col], risk[:, dd_col])
+    lo, hi = rules.min_stop_fraction, rules.max_stop_fraction
+    stop_frac = np.clip(rules.stop_loss_risk_multiple * adverse, lo, hi)
+    take_frac = np.clip(rules.take_profit_risk_multiple * adverse, lo, hi)
+    sign = np.where(direction == LONG, 1.0, -1.0)
+    stop = np.where(direction == NEUTRAL, np.nan, entry * (1.0 - sign * stop_frac))
+    take = np.where(direction == NEUTRAL, np.nan, entry * (1.0 + sign * take_frac))
+    return DecodedArrays(probs, classes, returns, risk, direction, confidence, entry, stop, take)
+
+
+def decode(
+    outputs: npt.ArrayLike,
+    temperature: float,
+    prices: npt.ArrayLike,
+    settings: Settings | DecodeRules,
+    schema: OutputSchema = DEFAULT_OUTPUT_SCHEMA,
+) -> list[DecodedSignal]:
+    """One ``DecodedSignal`` per row of ``outputs`` (``[batch, 20]``), ``prices`` the entry references."""
+    rules = settings if isinstance(settings, DecodeRules) else DecodeRules.from_settings(settings)
+    d = decode_arrays(outputs, temperature, prices, rules, schema)
+    classes = schema.direction_classes
+    return [
+        DecodedSignal(
+            direction=SIGNAL_DIRECTIONS[int(d.direction[i])],
+            confidence=float(d.confidence[i]),
+            entry_price=float(d.entry[i]),
+            stop_loss=_opt(d.stop_loss[i]),
+            take_profit=_opt(d.take_profit[i]),
+            primary_horizon=rules.primary_horizon,
+            horizons=tuple(schema.horizons),
+            probabilities=tuple((float(a), float(b), float(c)) for a, b, c in d.probabilities[i]),
+            classes=tuple(classes[int(k)] for k in d.classes[i]),
+            returns=tuple(float(v) for v in d.returns[i]),
+            risk=tuple(float(v) for v in d.risk[i]),
+            risk_names=tuple(schema.risk_names),
+        )
+        for i in range(d.direction.shape[0])
+    ]
+
+
+def _opt(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def directions(names: Sequence[str]) -> npt.NDArray[np.int64]:
+    """Direction names back to codes (tests and evaluation)."""
+    return np.array([SIGNAL_DIRECTIONS.index(n) for n in names], dtype=np.int64)

@@ -1,0 +1,215 @@
+"""The minute pipeline's model-side steps as plain functions (the Celery tasks only call these).
+
+``feature_step``: sync the newest closed candles, read the anchored bars, compute the scaled
+``float32`` windows and park them in the window store. Each symbol ends ``ok`` with a key, or with
+a reason; one symbol's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.settings import Settings
+from core.timegrid import MINUTE_MS, iso_minute
+from data.ingest import Ingestor
+from data.sources.base import CandleSource
+from data.store import CandleStore
+from data.validation import ValidationPolicy
+from data.window_store import WindowStore, window_key
+from ml.decoding import decode
+from ml.features import FEATURE_SPEC, build_live_batch
+from ml.features.live import Scaler
+from ml.model.schema import OutputSchema
+
+
+@dataclass(frozen=True)
+class WindowRef:
+    """What a feature task returns per symbol: small JSON, never the matrix itself."""
+
+    symbol: str
+    ok: bool
+    key: str | None = None
+    reason: str | None = None
+    bar_end_ms: int | None = None
+    close: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> WindowRef:
+        return cls(**doc)  # type: ignore[arg-type]
+
+
+def sync_until(
+    store: CandleStore,
+    source: CandleSource,
+    settings: Settings,
+    symbols: Sequence[str],
+    minute_ms: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Fetch candles up to (not including) ``minute_ms``; returns failure reasons per symbol.
+
+    An exchange publishes the just-closed candle a moment after the minute turns, so symbols whose
+    newest candle is still missing are polled again until ``pipeline.candle_wait_seconds``.
+    """
+    ingestor = Ingestor(store, source, ValidationPolicy.from_settings(settings))
+    deadline = time.monotonic() + settings.pipeline.candle_wait_seconds
+    waiting = list(symbols)
+    failures: dict[str, str] = {}
+    while True:
+        report = ingestor.sync(waiting, initial_minutes=settings.data.sync_initial_minutes, end_ms=minute_ms)
+        for symbol, outcome in report.failed.items():
+            if outcome.rule != "stale":
+                failures[symbol] = f"{outcome.rule}: {outcome.detail}"
+        newest = store.newest(source.name, [s for s in waiting if s not in failures])
+        waiting = [
+            s
+            for s in waiting
+            if s not in failures and (s not in newest or newest[s].open_time < minute_ms - MINUTE_MS)
+        ]
+        if not waiting or time.monotonic() >= deadline:
+            break
+        sleep(0.5)
+    for symbol in waiting:
+        failures[symbol] = f"no closed candle for {iso_minute(minute_ms - MINUTE_MS)} yet"
+    return failures
+
+
+def feature_step(
+    *,
+    store: CandleStore,
+    source: CandleSource,
+    windows: WindowStore,
+    scaler: Scaler,
+    settings: Settings,
+    symbols: Sequence[str],
+    minute_ms: int,
+    run_id: str,
+) -> list[WindowRef]:
+    failures = sync_until(store, source, settings, symbols, minute_ms)
+    usable = [s for s in symbols if s not in failures]
+    refs = [WindowRef(symbol=s, ok=False, reason=failures[s]) for s in symbols if s in failures]
+    if not usable:
+        return refs
+    panel = store.read_bars(source.name, usable, minute_ms, FEATURE_SPEC.window, settings.data.bar_minutes)
+    batch = build_live_batch(panel, scaler)
+    stored = {window_key(run_id, s): batch.tensor[i] for i, s in enumerate(batch.symbols)}
+    windows.put_many(stored, settings.pipeline.feature_ttl_seconds)
+    close = dict(zip(panel.symbols, panel.close[:, -1], strict=True))
+    bar_end = int(panel.bar_open_ms[-1]) + settings.data.bar_minutes * MINUTE_MS
+    for symbol in usable:
+        quality = batch.quality.get(symbol)
+        if symbol in batch.symbols:
+            refs.append(
+                WindowRef(
+                    symbol,
+                    True,
+                    key=window_key(run_id, symbol),
+                    bar_end_ms=bar_end,
+                    close=float(close[symbol]),
+                )
+            )
+        else:
+            reason = (
+                quality.reason if quality is not None and quality.reason else "rejected by the feature stage"
+            )
+            refs.append(WindowRef(symbol, False, reason=reason))
+    order = {s: i for i, s in enumerate(symbols)}
+    refs.sort(key=lambda r: order[r.symbol])
+    return refs
+
+
+def horizon_label(bars: int, bar_minutes: int) -> str:
+    minutes = bars * bar_minutes
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What the inference step needs from a loaded model version."""
+
+    version: str
+    outputs: npt.NDArray[np.float32]  # [B, 20]
+    temperature: float
+    schema: OutputSchema
+
+
+def inference_step(
+    *,
+    refs: Sequence[WindowRef],
+    windows: WindowStore,
+    predict: Callable[[npt.NDArray[np.float32]], ModelOutputs],
+    settings: Settings,
+    minute_ms: int,
+) -> dict[str, object]:
+    """Fetch every window in one round trip, run one batched forward pass, decode every row.
+
+    Returns JSON-ready ``signals`` and ``predictions`` rows plus per-symbol ``failures``.
+    """
+    failures = {r.symbol: r.reason or "failed" for r in refs if not r.ok}
+    ready = [r for r in refs if r.ok and r.key]
+    began = time.perf_counter()
+    shape = (FEATURE_SPEC.context, FEATURE_SPEC.n_features)
+    fetched = windows.get_many([r.key or "" for r in ready], shape)
+    present = [(r, w) for r, w in zip(ready, fetched, strict=True) if w is not None]
+    for r, w in zip(ready, fetched, strict=True):
+        if w is None:
+            failures[r.symbol] = "feature window expired or missing before inference"
+    fetch_s = time.perf_counter() - began
+    if not present:
+        return {"signals": [], "predictions": [], "failures": failures, "timings": {"fetch": fetch_s}}
+    tensor = np.stack([w for _, w in present]).astype(np.float32, copy=False)
+    began = time.perf_counter()
+    model = predict(tensor)
+    forward_s = time.perf_counter() - began
+    prices = np.array([r.close for r, _ in present], dtype=np.float64)
+    decoded = decode(model.outputs, model.temperature, prices, settings, model.schema)
+    minute = iso_minute(minute_ms)
+    expires = iso_minute(minute_ms + settings.decoding.signal_ttl_minutes * MINUTE_MS)
+    labels = [horizon_label(h, model.schema.bar_minutes) for h in model.schema.horizons]
+    signals: list[dict[str, object]] = []
+    predictions: list[dict[str, object]] = []
+    for (ref, _), sig, row in zip(present, decoded, model.outputs, strict=True):
+        signals.append(
+            {
+                "symbol": ref.symbol,
+                "minute": minute,
+                "model_version": model.version,
+                "bar_end": iso_minute(int(ref.bar_end_ms or minute_ms)),
+                "direction": sig.direction,
+                "confidence": sig.confidence,
+                "probabilities": {
+                    label: {"long": p[0], "short": p[1], "flat": p[2]}
+                    for label, p in zip(labels, sig.probabilities, strict=True)
+                },
+                "returns": dict(zip(labels, sig.returns, strict=True)),
+                "risk": dict(zip(sig.risk_names, sig.risk, strict=True)),
+                "entry_price": sig.entry_price,
+                "stop_loss": sig.stop_loss,
+                "take_profit": sig.take_profit,
+                "expires_at": expires,
+            }
+        )
+        predictions.append(
+            {
+                "symbol": ref.symbol,
+                "minute": minute,
+                "model_version": model.version,
+                "outputs": [float(v) for v in row],
+                "temperature": model.temperature,
+            }
+        )
+    return {
+        "signals": signals,
+        "predictions": predictions,
+        "failures": failures,
+        "timings": {"fetch": round(fetch_s, 4), "forward": round(forward_s, 4), "batch": len(present)},
+    }

@@ -1,0 +1,118 @@
+"""UnifiedPatchTST in PyTorch (DESIGN.md §5), built only from a ``ModelConfig``.
+
+``forward`` maps ``[batch, 96, 240]`` float32 to ``[batch, 20]``: tanh returns (4), raw direction
+logits (12) and softplus risk (4), in the order of ``ml.model.schema``. The learnable temperature is
+a parameter of the module (so it travels with the weights) but ``forward`` does not apply it:
+decoding divides the logits by it, which keeps one place where probabilities are made.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ml.model.config import DIRECTION_CLASSES, RISK_NAMES, ModelConfig
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalisation: each sample's channels to zero mean, unit variance over time.
+
+    Only the normalising half is used: the heads predict returns, classes and risk, not values in the
+    input's space, so there is nothing to de-normalise.
+    """
+
+    def __init__(self, n_features: int, eps: float, affine: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(n_features))
+            self.bias = nn.Parameter(torch.zeros(n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y
+
+
+def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10_000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: d_model // 2])
+    return table
+
+
+def _head(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    out = nn.Linear(hidden, d_out)
+    # Zero-initialised output layers: the untrained model predicts zero returns and uniform classes,
+    # and moves away only where the gradient is consistent. With targets this noisy, a random start
+    # spends its first epochs shrinking random outputs (and fits noise on the way).
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), out)
+
+
+class UnifiedPatchTST(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.revin = RevIN(c.n_features, c.revin_eps, c.revin_affine)
+        # Channel-mixing patch embedding: one convolution over all features, cheap at inference.
+        self.patch = nn.Conv1d(c.n_features, c.d_model, c.patch_len, stride=c.patch_stride, bias=False)
+        # Fixed, not learned, so it is not part of the state dict: it follows from the config.
+        self.register_buffer("positions", sinusoidal_positions(c.n_patches, c.d_model), persistent=False)
+        self.dropout = nn.Dropout(c.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=c.d_model,
+            nhead=c.n_heads,
+            dim_feedforward=c.d_ff,
+            dropout=c.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # Pre-norm layers train stably at a high learning rate; the final norm closes the stack.
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers=c.n_layers, norm=nn.LayerNorm(c.d_model), enable_nested_tensor=False
+        )
+        n_h = c.n_horizons
+        self.returns_head = _head(c.d_model, c.head_hidden, n_h, c.dropout)
+        self.direction_head = _head(c.d_model, c.head_hidden, n_h * len(DIRECTION_CLASSES), c.dropout)
+        self.risk_head = _head(c.d_model, c.head_hidden, len(RISK_NAMES), c.dropout)
+        # log T = 0 -> T = 1. Trained after the network, on validation data (ml/training.py).
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.log_temperature.detach().exp())
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, F]`` -> pooled representation ``[B, d_model]``."""
+        z = self.revin(x)
+        z = self.patch(z.transpose(1, 2)).transpose(1, 2)  # [B, patches, d_model]
+        z = self.dropout(z + self.positions)
+        z = self.encoder(z)
+        return z.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        returns = torch.tanh(self.returns_head(h))
+        logits = self.direction_head(h)
+        risk = nn.functional.softplus(self.risk_head(h))
+        return torch.cat([returns, logits, risk], dim=1)
+
+
+def build_model(config: ModelConfig) -> UnifiedPatchTST:
+    return UnifiedPatchTST(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

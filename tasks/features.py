@@ -1,0 +1,55 @@
+"""``features`` queue: sync, validate and compute one chunk of symbols' feature windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from core.logging import get_logger
+from core.timegrid import parse_minute
+from ml.minute import WindowRef, feature_step
+from worker.app import app
+from worker.runtime import get_runtime
+
+log = get_logger(__name__)
+
+
+@app.task(
+    name="tasks.features.compute_symbols",
+    bind=True,
+    # Idempotent (candle upserts, overwritten window keys): safe to acknowledge late and to rerun
+    # when a worker dies mid-task.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=40,
+    time_limit=50,
+)
+def compute_symbols(
+    self: Task, symbols: list[str], minute: str, run_id: str, model_version: str
+) -> list[dict[str, Any]]:
+    """Returns one small reference per symbol; a failure is a value, never an exception."""
+    rt = get_runtime()
+    try:
+        scaler = rt.scaler(model_version)
+        refs = feature_step(
+            store=rt.store,
+            source=rt.source,
+            windows=rt.windows,
+            scaler=scaler,
+            settings=rt.settings,
+            symbols=symbols,
+            minute_ms=parse_minute(minute),
+            run_id=run_id,
+        )
+    except Exception as exc:  # one chunk's error must not break the minute's chord
+        log.exception("feature chunk failed", minute=minute, symbols=len(symbols))
+        refs = [
+            WindowRef(s, False, reason=f"feature task error: {type(exc).__name__}: {exc}") for s in symbols
+        ]
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    out = [r.to_json() for r in refs]
+    if redelivered:
+        for doc in out:
+            doc["redelivered"] = True
+    return out

@@ -1,0 +1,49 @@
+"""``inference`` queue (a dedicated solo worker, GPU when there is one): one batched forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.timegrid import parse_minute
+from data.ledger import FAILED
+from ml.minute import WindowRef, inference_step
+from worker.app import app
+from worker.runtime import get_runtime
+
+
+@app.task(
+    name="tasks.inference.predict_batch",
+    # Pure function of stored windows: safe to acknowledge late and to run again.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=30,
+    time_limit=40,
+)
+def predict_batch(
+    chunk_results: list[list[dict[str, Any]]], minute: str, run_id: str, run: int, model_version: str
+) -> dict[str, Any]:
+    """Chord callback: ``chunk_results`` are the feature tasks' references, in chunk order."""
+    rt = get_runtime()
+    refs = [
+        WindowRef.from_json({k: v for k, v in doc.items() if k != "redelivered"})
+        for part in chunk_results
+        for doc in part
+    ]
+    redelivered = sorted({doc["symbol"] for part in chunk_results for doc in part if doc.get("redelivered")})
+    try:
+        result = inference_step(
+            refs=refs,
+            windows=rt.windows,
+            predict=lambda tensor: rt.predict(tensor, model_version),
+            settings=rt.settings,
+            minute_ms=parse_minute(minute),
+        )
+    except Exception as exc:
+        rt.ledger.update(
+            run, status=FAILED, note=f"inference failed: {type(exc).__name__}: {exc}", finished=True
+        )
+        raise
+    if redelivered:
+        result["note"] = f"feature work for {len(redelivered)} symbols was redelivered after a worker loss"
+    result["symbols_asked"] = len(refs)
+    return result

@@ -1,0 +1,43 @@
+"""A model server for pipeline tests: a fixed, seeded (untrained) UnifiedPatchTST held in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ml.features import FEATURE_SPEC
+from ml.minute import ModelOutputs
+from ml.model.config import ModelConfig
+from ml.model.network import build_model
+from ml.model.schema import OutputSchema
+from ml.scaling import RobustScaler
+
+
+class FixedModelServer:
+    def __init__(self, version: str = "test-v1", seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.version = version
+        self.config = ModelConfig()
+        self.model = build_model(self.config).eval()
+        self.schema = OutputSchema.from_config(self.config)
+        n = FEATURE_SPEC.n_features
+        self._scaler = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
+        self.calls = 0
+
+    def champion_version(self) -> str | None:
+        return self.version
+
+    def scaler(self, version: str) -> RobustScaler:
+        assert version == self.version
+        return self._scaler
+
+    def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:
+        assert version == self.version
+        self.calls += 1
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(tensor)).numpy()
+        return ModelOutputs(self.version, out, self.model.temperature, self.schema)
+
+    def warm_up(self) -> str:
+        return self.version

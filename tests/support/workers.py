@@ -1,0 +1,83 @@
+"""Real Celery worker processes for the integration tests: one per queue, as in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.queues import Queue, worker_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class WorkerProcess:
+    queue: Queue
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children (they share its process group)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class WorkerFleet:
+    env: dict[str, str]
+    tmp: Path
+    workers: dict[Queue, WorkerProcess] = field(default_factory=dict)
+
+    def start(self, queue: Queue, *extra: str) -> WorkerProcess:
+        command = worker_command(queue, loglevel="WARNING")
+        command[0] = str(Path(sys.executable).with_name("celery"))
+        command[command.index("-n") + 1] = f"{queue.value}-{len(self.workers)}-{os.getpid()}@%h"
+        log = self.tmp / f"worker-{queue.value}-{time.monotonic_ns()}.log"
+        handle = log.open("wb")
+        process = subprocess.Popen(
+            [*command, *extra],
+            cwd=ROOT,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill() reaches the pool children
+        )
+        worker = WorkerProcess(queue, process, log)
+        self.workers[queue] = worker
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                os.killpg(worker.process.pid, signal.SIGTERM)
+        for worker in self.workers.values():
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.process.pid, signal.SIGKILL)
+                worker.process.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {w.queue} ---\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.workers.values()
+        )
+
+
+@contextmanager
+def running_fleet(
+    env: Mapping[str, str], tmp: Path, queues: list[Queue] | None = None
+) -> Iterator[WorkerFleet]:
+    fleet = WorkerFleet(dict(env), tmp)
+    try:
+        for queue in queues or list(Queue):
+            fleet.start(queue, *(["--concurrency", "1"] if queue is Queue.FEATURES else []))
+        yield fleet
+    finally:
+        fleet.stop()

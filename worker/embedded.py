@@ -1,0 +1,112 @@
+"""The embedded default: beat and every queue's worker in one process (DESIGN.md §7).
+
+In-process broker (kombu's memory transport), in-memory result backend, SQLite, the simulator, an
+in-memory window store, minute lock and bus. The same tasks and canvas as the distributed run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+from celery._state import _set_task_join_will_block
+from celery.beat import EmbeddedService
+from celery.contrib.testing.worker import TestWorkController
+
+from core.settings import Settings
+from data import db
+from data.bus import MemoryBus
+from data.ledger import RunLedger
+from data.locks import MemoryMinuteLock
+from data.signal_store import SignalStore
+from data.sources.factory import make_source
+from data.store import CandleStore
+from data.window_store import MemoryWindowStore
+from worker.app import app
+from worker.queues import Queue
+from worker.runtime import Runtime, install
+
+EMBEDDED_BROKER = "memory://"
+EMBEDDED_BACKEND = "cache+memory://"
+
+
+def build_embedded(settings: Settings) -> Runtime:
+    engine = db.get_engine(settings.database_url)
+    return Runtime(
+        settings=settings,
+        store=CandleStore(engine),
+        source=make_source(settings),
+        windows=MemoryWindowStore(),
+        bus=MemoryBus(),
+        lock=MemoryMinuteLock(),
+        ledger=RunLedger(engine),
+        signals=SignalStore(engine),
+    )
+
+
+def configure_app_for_embedded() -> None:
+    """Point the app at the in-process broker and backend.
+
+    The worker's loader re-reads the app's configuration source when it starts, so the override
+    must *be* the source (``config_from_object``), not an ``update`` on top of ``celeryconfig``.
+    """
+    import celeryconfig
+
+    values = {
+        key: value
+        for key, value in vars(celeryconfig).items()
+        if not key.startswith("_")
+        and key.islower()
+        and not callable(value)
+        and not isinstance(value, ModuleType)
+    }
+    values.update(
+        broker_url=EMBEDDED_BROKER,
+        result_backend=EMBEDDED_BACKEND,
+        broker_connection_retry_on_startup=False,
+        beat_scheduler="celery.beat:Scheduler",
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    app.config_from_object(SimpleNamespace(**values), force=True)
+
+
+@contextmanager
+def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int = 4) -> Iterator[Runtime]:
+    """Run workers for every queue (and beat) in background threads for the ``with`` block."""
+    configure_app_for_embedded()
+    db.upgrade(settings.database_url)
+    runtime = build_embedded(settings)
+    install(runtime)
+    worker: Any = TestWorkController(
+        app=app,
+        concurrency=concurrency,
+        pool="threads",
+        hostname="embedded@localhost",
+        queues=[q.value for q in Queue],
+        loglevel="WARNING",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        ready_callback=None,
+    )
+    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
+    thread.start()
+    worker.ensure_started()
+    # The worker marks this process as "inside a task"; the runner's own thread waits on results.
+    _set_task_join_will_block(False)
+    clock: Any = None
+    if beat:
+        clock = EmbeddedService(app, thread=True, max_interval=1.0)
+        clock.start()
+    try:
+        yield runtime
+    finally:
+        if clock is not None:
+            clock.stop()
+        worker.stop()
+        thread.join(timeout=10)
+        install(None)

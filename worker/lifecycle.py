@@ -1,0 +1,40 @@
+"""Worker lifecycle hooks: fresh connections after a fork, the model loaded once at start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready
+
+from core.logging import configure_logging, get_logger
+from core.settings import get_settings
+from data import db
+from worker.queues import Queue
+from worker.runtime import get_runtime, install
+
+log = get_logger(__name__)
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs: Any) -> None:
+    # Connections inherited from the parent must never be shared with a forked child.
+    db.dispose_engines()
+    install(None)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+@worker_ready.connect
+def _preload_model(sender: Any = None, **_kwargs: Any) -> None:
+    """The inference worker (solo pool) loads the champion once, before its first task."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app = getattr(sender, "app", None)
+    queues = set(app.amqp.queues.consume_from or ()) if app is not None else set()
+    if Queue.INFERENCE.value not in queues:
+        return
+    try:
+        description = get_runtime().model_server().warm_up()
+        log.info("model loaded", model=description)
+    except Exception as exc:  # a worker without a model still starts; tasks report the reason
+        log.error("model not loaded at start", error=f"{type(exc).__name__}: {exc}")

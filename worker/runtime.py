@@ -1,0 +1,112 @@
+"""Per-process wiring of the pipeline's parts: database, candle source, window store, bus, lock.
+
+Built lazily on first use, so that each forked worker process opens its own connections. The
+embedded runner installs an in-memory runtime (``install``) before starting its workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import redis
+
+from core.settings import Settings, get_settings
+from data import db
+from data.bus import RedisBus, SignalBus
+from data.ledger import RunLedger
+from data.locks import MinuteLock, RedisMinuteLock
+from data.signal_store import SignalStore
+from data.sources.base import CandleSource
+from data.sources.factory import make_source, resolve_symbols
+from data.store import CandleStore
+from data.window_store import RedisWindowStore, WindowStore
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from ml.features.live import Scaler
+    from ml.minute import ModelOutputs
+
+
+class ModelServer(Protocol):
+    """What the pipeline needs from the model registry (``ml.serving`` implements it)."""
+
+    def champion_version(self) -> str | None: ...
+
+    def scaler(self, version: str) -> Scaler: ...
+
+    def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs: ...
+
+    def warm_up(self) -> str: ...
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: CandleStore
+    source: CandleSource
+    windows: WindowStore
+    bus: SignalBus
+    lock: MinuteLock
+    ledger: RunLedger
+    signals: SignalStore
+    models: ModelServer | None = None
+    _models_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def symbols(self) -> list[str]:
+        return resolve_symbols(self.settings, self.source)
+
+    def model_server(self) -> ModelServer:
+        """Created on first use in each process (the model itself loads on first prediction)."""
+        with self._models_lock:
+            if self.models is None:
+                from ml.serving import RegistryModelServer
+
+                self.models = RegistryModelServer(self.settings)
+            return self.models
+
+    def champion_version(self) -> str | None:
+        return self.model_server().champion_version()
+
+    def scaler(self, version: str) -> Scaler:
+        return self.model_server().scaler(version)
+
+    def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:
+        return self.model_server().predict(tensor, version)
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def build_distributed(settings: Settings) -> Runtime:
+    engine = db.get_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+    return Runtime(
+        settings=settings,
+        store=CandleStore(engine),
+        source=make_source(settings),
+        windows=RedisWindowStore(client),
+        bus=RedisBus(client),
+        lock=RedisMinuteLock(client),
+        ledger=RunLedger(engine),
+        signals=SignalStore(engine),
+    )
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = build_distributed(get_settings())
+        return _runtime
+
+
+def install(runtime: Runtime | None) -> None:
+    """Use ``runtime`` in this process (the embedded runner and tests); ``None`` resets."""
+    global _runtime
+    with _lock:
+        _runtime = runtime
