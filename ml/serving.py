@@ -1,0 +1,55 @@
+"""The pipeline's view of the registry: champion look-up, scalers by version, hot model reload.
+
+Every minute reads the ``champion`` alias once and passes the version to all its tasks; the
+inference worker reloads only when that version differs from the one it holds, so a promotion
+takes effect at the next minute without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+from core.settings import Settings
+from ml.minute import ModelOutputs
+from ml.predictor import Predictor
+from ml.registry import CHAMPION, ModelRegistry
+from ml.scaling import RobustScaler
+
+
+class RegistryModelServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings.model.registry_dir)
+        self._scalers: dict[str, RobustScaler] = {}
+        self._predictor: Predictor | None = None
+        self._lock = threading.Lock()
+
+    def champion_version(self) -> str | None:
+        return self.registry.alias(CHAMPION)
+
+    def scaler(self, version: str) -> RobustScaler:
+        with self._lock:
+            if version not in self._scalers:
+                self._scalers[version] = self.registry.load_scaler(version)
+            return self._scalers[version]
+
+    def predictor(self, version: str) -> Predictor:
+        with self._lock:
+            if self._predictor is None or self._predictor.version != version:
+                self._predictor = Predictor.load(self.registry, version, self.settings.model)
+            return self._predictor
+
+    def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:
+        predictor = self.predictor(version)
+        outputs = predictor.predict(tensor)
+        return ModelOutputs(predictor.version, outputs, predictor.temperature, predictor.loaded.schema)
+
+    def warm_up(self) -> str:
+        version = self.champion_version()
+        if version is None:
+            return "no champion yet"
+        predictor = self.predictor(version)
+        return f"{predictor.version} on {predictor.device}"
