@@ -1,0 +1,212 @@
+"""Issue 5's acceptance: one minute for 50 symbols with real Redis, PostgreSQL and one worker process
+per queue; a rerun adds nothing; a features worker killed with SIGKILL loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import torch
+from celery import Celery
+from sqlalchemy import func, select
+
+from core.settings import Settings
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
+from data import db
+from data.ingest import Ingestor
+from data.ledger import RunLedger
+from data.messages import HeartbeatMessage, SignalMessage, parse_message
+from data.models import MlPrediction, OrderIntent, SignalRecord
+from data.signal_store import SignalStore
+from data.sources.simulator import SimulatedMarket
+from data.store import CandleStore
+from data.validation import ValidationPolicy
+from ml.features import FEATURE_SPEC
+from ml.model.config import ModelConfig
+from ml.model.network import build_model
+from ml.registry import ModelRegistry
+from ml.scaling import RobustScaler
+from tasks.common import minute_dt
+from tests.support.workers import WorkerFleet, running_fleet
+from worker.queues import Queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_SYMBOLS = 50
+REDIS_HOST = "redis://127.0.0.1:6379"
+BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
+
+
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    client: Celery
+    engine: object
+    channel: str
+    heartbeat: str
+    tmp: Path
+    settings: Settings = field(default_factory=Settings)
+
+
+@pytest.fixture
+def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    for number in (BROKER_DB, BACKEND_DB, APP_DB):
+        redis.Redis.from_url(f"{REDIS_HOST}/{number}").flushdb()
+    channel = f"signals-{uuid.uuid4().hex[:8]}"
+    registry = ModelRegistry(tmp_path / "models")
+    torch.manual_seed(0)
+    n = FEATURE_SPEC.n_features
+    identity = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
+    registry.save(build_model(ModelConfig()), identity, training={"note": "untrained test model"}, metrics={})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
+        "MLSIG_DATABASE_URL": pg_url,
+        "MLSIG_REDIS_URL": f"{REDIS_HOST}/{APP_DB}",
+        "MLSIG_CELERY__BROKER_URL": f"{REDIS_HOST}/{BROKER_DB}",
+        "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS_HOST}/{BACKEND_DB}",
+        "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
+        "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+        "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
+        "MLSIG_PIPELINE__CHANNEL": channel,
+        "MLSIG_PIPELINE__HEARTBEAT_CHANNEL": f"{channel}:heartbeat",
+        "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
+        "MLSIG_PIPELINE__SYMBOLS_PER_TASK": "5",
+        "MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD": "0.34",
+        "MLSIG_LOG_LEVEL": "WARNING",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    db.upgrade(pg_url)
+    engine = db.get_engine(pg_url)
+    market = SimulatedMarket()
+    minutes = FEATURE_SPEC.window * 15 + 60
+    report = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
+        market.list_symbols()[:N_SYMBOLS], minutes / 1440, end_ms=floor_minute(now_ms()) - 10 * MINUTE_MS
+    )
+    assert report.ok
+    client = Celery(
+        "test-client", broker=env["MLSIG_CELERY__BROKER_URL"], backend=env["MLSIG_CELERY__RESULT_BACKEND"]
+    )
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    yield Deployment(env, client, engine, channel, f"{channel}:heartbeat", tmp_path)
+    client.close()
+
+
+def wait_for_workers(client: Celery, fleet: WorkerFleet, count: int) -> None:
+    for _ in range(120):
+        if len(client.control.ping(timeout=0.5) or []) >= count:
+            return
+    pytest.fail(f"workers did not answer ping:\n{fleet.logs()}")
+
+
+class Subscriber:
+    """Collects messages from the signal channel until the minute's heartbeat arrives."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.pubsub = redis.Redis.from_url(deployment.env["MLSIG_REDIS_URL"]).pubsub(
+            ignore_subscribe_messages=True
+        )
+        self.pubsub.subscribe(deployment.channel, deployment.heartbeat)
+        self.messages: list[SignalMessage | HeartbeatMessage] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for item in self.pubsub.listen():
+            message = parse_message(item["data"])
+            self.messages.append(message)
+            if isinstance(message, HeartbeatMessage):
+                self.done.set()
+                return
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def run_minute(d: Deployment, minute: str) -> dict[str, object]:
+    started = d.client.send_task("tasks.pipeline.run_minute", args=[minute, True], queue=Queue.CONTROL.value)
+    outcome: dict[str, object] = started.get(timeout=60)
+    return outcome
+
+
+def counts(d: Deployment) -> tuple[int, int, int]:
+    with d.engine.connect() as conn:  # type: ignore[attr-defined]
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(model)).scalar_one()
+            for model in (SignalRecord, MlPrediction, OrderIntent)
+        )
+
+
+def test_one_minute_for_50_symbols_and_a_rerun_adds_nothing(deployment: Deployment) -> None:
+    d = deployment
+    minute = iso_minute(floor_minute(now_ms()) - 10 * MINUTE_MS)
+    with running_fleet(d.env, d.tmp) as fleet:
+        wait_for_workers(d.client, fleet, len(Queue))
+        subscriber = Subscriber(d)
+        outcome = run_minute(d, minute)
+        assert outcome["status"] == "running", outcome
+        published = d.client.AsyncResult(str(outcome["result_id"])).get(timeout=90)
+        for task_id in published["order_tasks"]:
+            d.client.AsyncResult(task_id).get(timeout=30)
+        assert subscriber.done.wait(timeout=30), fleet.logs()
+        subscriber.close()
+
+        signals = [m for m in subscriber.messages if isinstance(m, SignalMessage)]
+        beat = subscriber.messages[-1]
+        rows = SignalStore(d.engine).for_minute(minute_dt(minute))  # type: ignore[arg-type]
+        run = RunLedger(d.engine).get(minute_dt(minute))  # type: ignore[arg-type]
+        assert run is not None
+        assert run.status == "done", (run.failures, fleet.logs())
+        assert len(rows) == N_SYMBOLS
+        assert len(signals) == N_SYMBOLS
+        assert {s.symbol for s in signals} == {r.symbol for r in rows}
+        assert isinstance(beat, HeartbeatMessage)
+        assert beat.signals == N_SYMBOLS
+        actionable = [r for r in rows if r.direction != "NEUTRAL"]
+        assert beat.actionable == len(actionable) == len(published["order_tasks"])
+        assert counts(d) == (N_SYMBOLS, N_SYMBOLS, len(actionable))
+
+        again = run_minute(d, minute)
+        assert again["status"] == "duplicate"
+        assert counts(d) == (N_SYMBOLS, N_SYMBOLS, len(actionable))
+
+
+def test_features_worker_killed_mid_minute(deployment: Deployment) -> None:
+    d = deployment
+    minute = iso_minute(floor_minute(now_ms()) - 9 * MINUTE_MS)
+    broker = redis.Redis.from_url(d.env["MLSIG_CELERY__BROKER_URL"])
+    others = [q for q in Queue if q is not Queue.FEATURES]
+    with running_fleet(d.env, d.tmp, others) as fleet:
+        wait_for_workers(d.client, fleet, len(others))
+        outcome = run_minute(d, minute)
+        assert outcome["status"] == "running", outcome
+        assert broker.llen(Queue.FEATURES.value) == N_SYMBOLS // 5
+
+        victim = fleet.start(Queue.FEATURES, "--concurrency", "1")
+        # The victim holds a chunk unacknowledged (late ack) as soon as it starts consuming.
+        for _ in range(600):
+            if broker.hlen("unacked") > 0:
+                break
+            threading.Event().wait(0.05)
+        assert broker.hlen("unacked") > 0, fleet.logs()
+        victim.kill()
+
+        fleet.start(Queue.FEATURES, "--concurrency", "1")
+        published = d.client.AsyncResult(str(outcome["result_id"])).get(timeout=120)
+        for task_id in published["order_tasks"]:
+            d.client.AsyncResult(task_id).get(timeout=30)
+
+    run = RunLedger(d.engine).get(minute_dt(minute))  # type: ignore[arg-type]
+    assert run is not None
+    assert run.status == "done", run.failures
+    assert run.signals_made == N_SYMBOLS
+    assert "redelivered after a worker loss" in (run.note or "")
+    signals, predictions, _ = counts(d)
+    assert (signals, predictions) == (N_SYMBOLS, N_SYMBOLS)
