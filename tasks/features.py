@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task
@@ -30,6 +31,7 @@ def compute_symbols(
 ) -> list[dict[str, Any]]:
     """Returns one small reference per symbol; a failure is a value, never an exception."""
     rt = get_runtime()
+    began = time.perf_counter()
     try:
         scaler = rt.scaler(model_version)
         refs = feature_step(
@@ -49,7 +51,9 @@ def compute_symbols(
         ]
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     out = [r.to_json() for r in refs]
-    if redelivered:
-        for doc in out:
+    elapsed = round(time.perf_counter() - began, 4)
+    for doc in out:
+        doc["chunk_seconds"] = elapsed
+        if redelivered:
             doc["redelivered"] = True
     return out

@@ -10,6 +10,9 @@ from ml.minute import WindowRef, inference_step
 from worker.app import app
 from worker.runtime import get_runtime
 
+# Bookkeeping fields a feature task adds to each reference.
+_TASK_FIELDS = ("redelivered", "chunk_seconds")
+
 
 @app.task(
     name="tasks.inference.predict_batch",
@@ -24,12 +27,10 @@ def predict_batch(
 ) -> dict[str, Any]:
     """Chord callback: ``chunk_results`` are the feature tasks' references, in chunk order."""
     rt = get_runtime()
-    refs = [
-        WindowRef.from_json({k: v for k, v in doc.items() if k != "redelivered"})
-        for part in chunk_results
-        for doc in part
-    ]
-    redelivered = sorted({doc["symbol"] for part in chunk_results for doc in part if doc.get("redelivered")})
+    docs = [doc for part in chunk_results for doc in part]
+    refs = [WindowRef.from_json({k: v for k, v in doc.items() if k not in _TASK_FIELDS}) for doc in docs]
+    chunk_seconds = [float(part[0].get("chunk_seconds", 0.0)) for part in chunk_results if part]
+    redelivered = sorted({doc["symbol"] for doc in docs if doc.get("redelivered")})
     try:
         result = inference_step(
             refs=refs,
@@ -46,4 +47,8 @@ def predict_batch(
     if redelivered:
         result["note"] = f"feature work for {len(redelivered)} symbols was redelivered after a worker loss"
     result["symbols_asked"] = len(refs)
+    result["feature_timings"] = {
+        "features_max_chunk": max(chunk_seconds, default=0.0),
+        "features_sum": round(sum(chunk_seconds), 4),
+    }
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from core.logging import get_logger
@@ -70,9 +70,14 @@ def publish(
     actionable = sum(1 for r in all_rows if r.direction != "NEUTRAL")
     status = PARTIAL if failures else DONE
     timings = {f"inference_{k}": v for k, v in result.get("timings", {}).items()}
+    timings |= result.get("feature_timings", {})
     timings |= {"store": round(stored_s, 4), "publish": round(publish_s, 4)}
-    elapsed = time.time() - when.timestamp()
-    timings["minute_total"] = round(elapsed, 4)
+    run_row = rt.ledger.get(when)
+    if run_row is not None:
+        # From the start of run_minute to now: the whole minute's wall time, replay or live.
+        started = run_row.started_at
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite drops the zone
+        timings["minute_total"] = round(time.time() - started.timestamp(), 4)
     rt.ledger.update(
         run,
         status=status,

@@ -33,12 +33,13 @@ class WorkerProcess:
 class WorkerFleet:
     env: dict[str, str]
     tmp: Path
-    workers: dict[Queue, WorkerProcess] = field(default_factory=dict)
+    workers: dict[Queue, WorkerProcess] = field(default_factory=dict)  # the newest per queue
+    started: list[WorkerProcess] = field(default_factory=list)  # every process, for stop()
 
     def start(self, queue: Queue, *extra: str) -> WorkerProcess:
         command = worker_command(queue, loglevel="WARNING")
         command[0] = str(Path(sys.executable).with_name("celery"))
-        command[command.index("-n") + 1] = f"{queue.value}-{len(self.workers)}-{os.getpid()}@%h"
+        command[command.index("-n") + 1] = f"{queue.value}-{len(self.started)}-{os.getpid()}@%h"
         log = self.tmp / f"worker-{queue.value}-{time.monotonic_ns()}.log"
         handle = log.open("wb")
         process = subprocess.Popen(
@@ -51,13 +52,14 @@ class WorkerFleet:
         )
         worker = WorkerProcess(queue, process, log)
         self.workers[queue] = worker
+        self.started.append(worker)
         return worker
 
     def stop(self) -> None:
-        for worker in self.workers.values():
+        for worker in self.started:
             if worker.process.poll() is None:
                 os.killpg(worker.process.pid, signal.SIGTERM)
-        for worker in self.workers.values():
+        for worker in self.started:
             try:
                 worker.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -66,7 +68,7 @@ class WorkerFleet:
 
     def logs(self) -> str:
         return "\n".join(
-            f"--- {w.queue} ---\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.workers.values()
+            f"--- {w.queue} ---\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.started
         )
 
 

@@ -1,0 +1,138 @@
+"""Whole-minute benchmark: replay minutes against real Redis, PostgreSQL and one worker per queue.
+
+Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--symbols 50 100 500] [--minutes 10]``.
+For each universe size it loads simulated history into a scratch PostgreSQL schema, starts the six
+worker processes exactly as in production (features with ``--concurrency 2`` on this 2-core box),
+replays consecutive minutes back to back and prints p50 / p99 of each stage and of the whole minute.
+Targets (DESIGN.md §8, 2 cores, no GPU): 100 symbols <= 2.5 s, 500 symbols <= 8 s per minute.
+The model is an untrained UnifiedPatchTST of the default size: timing does not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import redis
+import torch
+from celery import Celery
+
+from benchmarks.common import scratch_postgres
+from core.logging import configure_logging
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
+from data import db
+from data.ingest import Ingestor
+from data.ledger import RunLedger
+from data.sources.simulator import SimulatedMarket
+from data.store import CandleStore
+from data.validation import ValidationPolicy
+from ml.features import FEATURE_SPEC
+from ml.model.config import ModelConfig
+from ml.model.network import build_model
+from ml.registry import ModelRegistry
+from ml.scaling import RobustScaler
+from tasks.common import minute_dt
+from tests.support.workers import running_fleet
+from worker.queues import Queue
+
+REDIS = "redis://127.0.0.1:6379"
+STAGES = (
+    "dispatch",
+    "features_max_chunk",
+    "inference_fetch",
+    "inference_forward",
+    "store",
+    "publish",
+    "minute_total",
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
+    market = SimulatedMarket()
+    symbols = market.list_symbols()[:n_symbols]
+    end = floor_minute(now_ms()) - (minutes + 2) * MINUTE_MS
+    with scratch_postgres() as url:
+        engine = db.get_engine(url)
+        history = (FEATURE_SPEC.window * 15 + minutes + 30) / 1440
+        loaded = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
+            symbols, history, end_ms=end
+        )
+        registry = ModelRegistry(tmp / f"models-{n_symbols}")
+        torch.manual_seed(0)
+        n = FEATURE_SPEC.n_features
+        scaler = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
+        registry.save(build_model(ModelConfig()), scaler, training={"note": "benchmark"}, metrics={})
+        for number in (7, 8, 9):
+            redis.Redis.from_url(f"{REDIS}/{number}").flushdb()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
+            "MLSIG_DATABASE_URL": url,
+            "MLSIG_REDIS_URL": f"{REDIS}/9",
+            "MLSIG_CELERY__BROKER_URL": f"{REDIS}/7",
+            "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS}/8",
+            "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
+            "MLSIG_DATA__UNIVERSE_SIZE": str(n_symbols),
+            "MLSIG_PIPELINE__SYMBOLS_PER_TASK": str(chunk),
+            "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
+            "MLSIG_PIPELINE__CHANNEL": f"bench-{uuid.uuid4().hex[:6]}",
+            "MLSIG_LOG_LEVEL": "WARNING",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
+        client = Celery(
+            "bench", broker=env["MLSIG_CELERY__BROKER_URL"], backend=env["MLSIG_CELERY__RESULT_BACKEND"]
+        )
+        client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+        with running_fleet(env, tmp) as fleet:
+            # The fleet starts one single-process features worker; a second one uses the second core.
+            fleet.start(Queue.FEATURES, "--concurrency", "1")
+            for _ in range(240):
+                if len(client.control.ping(timeout=0.5) or []) >= len(Queue) + 1:
+                    break
+            ledger = RunLedger(engine)
+            walls: list[float] = []
+            first = end - minutes * MINUTE_MS
+            # One untimed minute first: worker processes import and load the model lazily.
+            for i in range(-1, minutes):
+                minute = iso_minute(first + i * MINUTE_MS)
+                began = time.perf_counter()
+                started = client.send_task("tasks.pipeline.run_minute", args=[minute, True], queue="control")
+                outcome = started.get(timeout=60)
+                client.AsyncResult(outcome["result_id"]).get(timeout=120)
+                if i >= 0:
+                    walls.append(time.perf_counter() - began)
+            runs = [ledger.get(minute_dt(iso_minute(first + i * MINUTE_MS))) for i in range(minutes)]
+        client.close()
+    stages = {s: [float(r.timings.get(s, np.nan)) for r in runs if r is not None] for s in STAGES}
+    ok = sum(1 for r in runs if r is not None and r.status == "done")
+    print(
+        f"\n{n_symbols} symbols, {minutes} minutes replayed ({ok} done), "
+        f"{-(-len(symbols) // chunk)} feature tasks per minute, {loaded.inserted:,} candles loaded"
+    )
+    print(f"  {'stage':<22}{'p50 ms':>10}{'p99 ms':>10}")
+    for stage, values in stages.items():
+        print(f"  {stage:<22}{pct(values, 50) * 1000:>10.0f}{pct(values, 99) * 1000:>10.0f}")
+    print(f"  {'client end to end':<22}{pct(walls, 50) * 1000:>10.0f}{pct(walls, 99) * 1000:>10.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--symbols", type=int, nargs="+", default=[50, 100, 500])
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=50, help="symbols per feature task")
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.symbols:
+            run_size(n, args.minutes, args.chunk, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
