@@ -125,3 +125,46 @@ def test_late_minute_is_skipped_and_announced(settings: Settings) -> None:
         beats = drain(inbox)
         assert [b.status for b in beats if isinstance(b, HeartbeatMessage)] == ["skipped_late"]
         assert rt.signals.for_minute(minute_dt(minute)) == []
+
+
+def test_two_concurrent_starts_of_one_minute_give_one_run(settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    minute = iso_minute(floor_minute(now_ms()) - 2 * MINUTE_MS)
+    with embedded_runtime(settings, beat=False) as rt:
+        rt.models = FixedModelServer()
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda _: start_minute(rt, minute, replay=True), range(2)))
+        statuses = sorted(o["status"] for o in outcomes)
+        assert statuses == ["duplicate", "running"]
+        running = next(o for o in outcomes if o["status"] == "running")
+        AsyncResult(running["result_id"]).get(timeout=60)
+        assert len(rt.signals.for_minute(minute_dt(minute))) == N_SYMBOLS
+
+
+def test_ledger_row_alone_stops_a_second_run(settings: Settings) -> None:
+    """Two processes each holding their own lock (two beats): the unique ledger row decides."""
+    from data.locks import MemoryMinuteLock
+
+    minute = iso_minute(floor_minute(now_ms()) - 6 * MINUTE_MS)
+    with embedded_runtime(settings, beat=False) as rt:
+        rt.models = FixedModelServer()
+        first = start_minute(rt, minute, replay=True)
+        AsyncResult(first["result_id"]).get(timeout=60)
+        rt.lock = MemoryMinuteLock()  # a second beat process has a lock of its own
+        assert start_minute(rt, minute, replay=True)["status"] == "duplicate"
+
+
+def test_minute_without_a_champion_is_recorded_as_failed(settings: Settings) -> None:
+    minute = iso_minute(floor_minute(now_ms()) - 7 * MINUTE_MS)
+    with embedded_runtime(settings, beat=False) as rt:
+        server = FixedModelServer()
+        server.version = None  # type: ignore[assignment]
+        rt.models = server
+        inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
+        outcome = start_minute(rt, minute, replay=True)
+        assert outcome["status"] == "failed"
+        run = rt.ledger.get(minute_dt(minute))
+        assert run is not None
+        assert "no champion" in (run.note or "")
+        assert [m.status for m in drain(inbox) if isinstance(m, HeartbeatMessage)] == ["failed"]
