@@ -53,7 +53,8 @@ STAGES = (
 
 
 def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+    present = [v for v in values if not np.isnan(v)]
+    return float(np.percentile(np.asarray(present), q)) if present else float("nan")
 
 
 def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
@@ -116,6 +117,9 @@ def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
         f"\n{n_symbols} symbols, {minutes} minutes replayed ({ok} done), "
         f"{-(-len(symbols) // chunk)} feature tasks per minute, {loaded.inserted:,} candles loaded"
     )
+    reasons = sorted({reason for r in runs if r is not None for reason in r.failures.values()})
+    if reasons:
+        print(f"  failure reasons seen: {reasons[:3]}")
     print(f"  {'stage':<22}{'p50 ms':>10}{'p99 ms':>10}")
     for stage, values in stages.items():
         print(f"  {stage:<22}{pct(values, 50) * 1000:>10.0f}{pct(values, 99) * 1000:>10.0f}")
