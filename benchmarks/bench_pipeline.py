@@ -88,7 +88,10 @@ def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
             "OPENBLAS_NUM_THREADS": "1",
         }
         client = Celery(
-            "bench", broker=env["MLSIG_CELERY__BROKER_URL"], backend=env["MLSIG_CELERY__RESULT_BACKEND"]
+            "bench",
+            broker=env["MLSIG_CELERY__BROKER_URL"],
+            backend=env["MLSIG_CELERY__RESULT_BACKEND"],
+            set_as_current=False,
         )
         client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
         with running_fleet(env, tmp) as fleet:

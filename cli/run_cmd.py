@@ -124,9 +124,9 @@ def run(
 
 
 def _replay(s: Settings, first: int, count: int) -> None:
-    from celery.result import AsyncResult
 
     from tasks.pipeline import start_minute
+    from worker.app import app
     from worker.embedded import embedded_runtime
 
     with embedded_runtime(s, beat=False) as rt:
@@ -140,7 +140,9 @@ def _replay(s: Settings, first: int, count: int) -> None:
             if "result_id" not in outcome:
                 console.print(f"{minute}: {outcome['status']} {outcome.get('note', '')}", highlight=False)
                 continue
-            AsyncResult(outcome["result_id"]).get(timeout=s.pipeline.minute_deadline_seconds, propagate=True)
+            app.AsyncResult(outcome["result_id"]).get(
+                timeout=s.pipeline.minute_deadline_seconds, propagate=True
+            )
             while True:
                 try:
                     _channel, raw = inbox.get_nowait()

@@ -91,7 +91,10 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     )
     assert report.ok
     client = Celery(
-        "test-client", broker=env["MLSIG_CELERY__BROKER_URL"], backend=env["MLSIG_CELERY__RESULT_BACKEND"]
+        "test-client",
+        broker=env["MLSIG_CELERY__BROKER_URL"],
+        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
+        set_as_current=False,
     )
     client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     yield Deployment(env, client, engine, channel, f"{channel}:heartbeat", tmp_path)

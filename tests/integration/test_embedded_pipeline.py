@@ -6,7 +6,6 @@ import queue
 from pathlib import Path
 
 import pytest
-from celery.result import AsyncResult
 
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
@@ -19,6 +18,7 @@ from ml.features import FEATURE_SPEC
 from tasks.common import minute_dt
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
+from worker.app import app
 from worker.embedded import embedded_runtime
 
 N_SYMBOLS = 8
@@ -62,9 +62,9 @@ def test_one_minute_end_to_end_and_rerun_adds_nothing(settings: Settings) -> Non
         inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
 
         outcome = start_minute(rt, minute, replay=True)
-        result = AsyncResult(outcome["result_id"]).get(timeout=60)
+        result = app.AsyncResult(outcome["result_id"]).get(timeout=60)
         for task_id in result["order_tasks"]:
-            assert AsyncResult(task_id).get(timeout=30)["created"] is True
+            assert app.AsyncResult(task_id).get(timeout=30)["created"] is True
 
         messages = drain(inbox)
         signals = [m for m in messages if isinstance(m, SignalMessage)]
@@ -100,7 +100,7 @@ def test_bad_symbol_does_not_stop_the_minute(settings: Settings) -> None:
     with embedded_runtime(settings, beat=False) as rt:
         rt.models = FixedModelServer()
         outcome = start_minute(rt, minute, replay=True)
-        AsyncResult(outcome["result_id"]).get(timeout=60)
+        app.AsyncResult(outcome["result_id"]).get(timeout=60)
         run = rt.ledger.get(minute_dt(minute))
         assert run is not None
         assert run.status == "partial"
@@ -138,7 +138,7 @@ def test_two_concurrent_starts_of_one_minute_give_one_run(settings: Settings) ->
         statuses = sorted(o["status"] for o in outcomes)
         assert statuses == ["duplicate", "running"]
         running = next(o for o in outcomes if o["status"] == "running")
-        AsyncResult(running["result_id"]).get(timeout=60)
+        app.AsyncResult(running["result_id"]).get(timeout=60)
         assert len(rt.signals.for_minute(minute_dt(minute))) == N_SYMBOLS
 
 
@@ -150,7 +150,7 @@ def test_ledger_row_alone_stops_a_second_run(settings: Settings) -> None:
     with embedded_runtime(settings, beat=False) as rt:
         rt.models = FixedModelServer()
         first = start_minute(rt, minute, replay=True)
-        AsyncResult(first["result_id"]).get(timeout=60)
+        app.AsyncResult(first["result_id"]).get(timeout=60)
         rt.lock = MemoryMinuteLock()  # a second beat process has a lock of its own
         assert start_minute(rt, minute, replay=True)["status"] == "duplicate"
 
