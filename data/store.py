@@ -7,7 +7,8 @@ temporary table and one ``INSERT … SELECT``; SQLite uses one ``executemany``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,28 +78,18 @@ class CandleStore:
             [pgcopy.HEADER, *(pgcopy.encode_candles(exchange, b.symbol, INTERVAL, b.frame) for b in batches)]
         )
         cols = ", ".join(pgcopy.COLUMNS)
-        raw = self.engine.raw_connection()
-        driver: Any = raw.driver_connection  # psycopg 3: COPY needs the driver's own cursor
-        try:
-            with driver.cursor() as cur:
-                cur.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS stage_raw_market_data "
-                    "(LIKE raw_market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                with cur.copy(f"COPY stage_raw_market_data ({cols}) FROM STDIN WITH (FORMAT binary)") as copy:
-                    copy.write(payload + pgcopy.TRAILER)
-                cur.execute(
-                    f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
-                    "ON CONFLICT ON CONSTRAINT pk_raw_market_data DO NOTHING"
-                )
-                inserted = cur.rowcount
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
-        return int(inserted)
+        with self._driver_transaction() as driver, driver.cursor() as cur:
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS stage_raw_market_data "
+                "(LIKE raw_market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(f"COPY stage_raw_market_data ({cols}) FROM STDIN WITH (FORMAT binary)") as copy:
+                copy.write(payload + pgcopy.TRAILER)
+            cur.execute(
+                f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
+                "ON CONFLICT ON CONSTRAINT pk_raw_market_data DO NOTHING"
+            )
+            return int(cur.rowcount)
 
     def _write_generic(self, rows: pd.DataFrame) -> int:
         columns = [rows[c].tolist() for c in _WRITE_COLUMNS]
@@ -108,18 +99,23 @@ class CandleStore:
         values = list(zip(*columns, strict=True))
         cols = ", ".join(_WRITE_COLUMNS)
         marks = ", ".join("?" for _ in _WRITE_COLUMNS)
+        with self._driver_transaction() as driver:
+            cur = driver.cursor()
+            cur.executemany(f"INSERT OR IGNORE INTO raw_market_data ({cols}) VALUES ({marks})", values)
+            return int(cur.rowcount)
+
+    @contextmanager
+    def _driver_transaction(self) -> Iterator[Any]:
+        """The DB-API driver's own connection (COPY, executemany), committed when the block ends."""
         raw = self.engine.raw_connection()
         try:
-            cur = raw.cursor()
-            cur.executemany(f"INSERT OR IGNORE INTO raw_market_data ({cols}) VALUES ({marks})", values)
-            inserted = cur.rowcount
+            yield raw.driver_connection
             raw.commit()
         except BaseException:
             raw.rollback()
             raise
         finally:
             raw.close()
-        return int(inserted)
 
     # -- look-ups -----------------------------------------------------------------------------
     def newest(self, exchange: str, symbols: Sequence[str]) -> dict[str, NewestCandle]:
