@@ -84,7 +84,13 @@ def run(
     ),
 ) -> None:
     """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
-    from ml.bootstrap import ensure_champion
+    try:
+        from ml.bootstrap import ensure_champion
+    except ModuleNotFoundError as exc:
+        # First-run training (issue 4) is not part of every build; say so instead of a traceback.
+        raise MLSignalsError(
+            "this build cannot train a first model yet: register a champion in model.registry_dir first"
+        ) from exc
     from worker.embedded import embedded_runtime
 
     s = settings()
