@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 
 setup: $(STAMP)
 
+# The embedded minute pipeline until Ctrl-C (MINUTES=N stops after N minutes). The first run
+# backfills 42 days of simulated history and trains the champion (a few minutes on 2 cores).
+# The threshold is the simulator's: its champion is rarely 60 % sure of anything (docs/SIGNALS.md).
 run: $(STAMP)
-	$(BIN)/mlsignals data backfill --days $(or $(DAYS),7)
-	$(BIN)/mlsignals data sync
-	$(BIN)/mlsignals data status
+	MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD=$${MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD:-0.45} \
+	$(BIN)/mlsignals run --minutes $(or $(MINUTES),0)
 
 services:
 	scripts/ensure-services.sh

@@ -34,7 +34,7 @@ from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
 from ml.model.config import ModelConfig
 from ml.model.network import build_model
-from ml.registry import ModelRegistry
+from ml.registry import Registry
 from ml.scaling import RobustScaler
 from tasks.common import minute_dt
 from tests.support.workers import running_fleet
@@ -67,11 +67,11 @@ def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
         loaded = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
             symbols, history, end_ms=end
         )
-        registry = ModelRegistry(tmp / f"models-{n_symbols}")
+        registry = Registry(tmp / f"models-{n_symbols}")
         torch.manual_seed(0)
         n = FEATURE_SPEC.n_features
         scaler = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
-        registry.save(build_model(ModelConfig()), scaler, training={"note": "benchmark"}, metrics={})
+        registry.register(build_model(ModelConfig()), scaler, {"note": "benchmark"}, {})
         for number in (7, 8, 9):
             redis.Redis.from_url(f"{REDIS}/{number}").flushdb()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {

@@ -84,13 +84,7 @@ def run(
     ),
 ) -> None:
     """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
-    try:
-        from ml.bootstrap import ensure_champion
-    except ModuleNotFoundError as exc:
-        # First-run training (issue 4) is not part of every build; say so instead of a traceback.
-        raise MLSignalsError(
-            "this build cannot train a first model yet: register a champion in model.registry_dir first"
-        ) from exc
+    from ml.bootstrap import ensure_champion
     from worker.embedded import embedded_runtime
 
     s = settings()
@@ -139,11 +133,13 @@ def _replay(s: Settings, first: int, count: int) -> None:
         inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
         board = SignalBoard()
         began = time.perf_counter()
+        duplicates = 0
         for i in range(count):
             minute = iso_minute(first + i * MINUTE_MS)
             tick = time.perf_counter()
             outcome = start_minute(rt, minute, replay=True)
             if "result_id" not in outcome:
+                duplicates += outcome["status"] == "duplicate"
                 console.print(f"{minute}: {outcome['status']} {outcome.get('note', '')}", highlight=False)
                 continue
             app.AsyncResult(outcome["result_id"]).get(
@@ -160,5 +156,7 @@ def _replay(s: Settings, first: int, count: int) -> None:
         console.print(board.table())
         total = time.perf_counter() - began
         console.print(f"replayed {count} minutes in {total:.1f} s ({total / max(count, 1):.2f} s per minute)")
-        if not board.heartbeats:
+        if duplicates == count:
+            console.print("every minute was already run (the pipeline_runs ledger holds it): nothing new")
+        elif not board.heartbeats:
             raise MLSignalsError("replay produced no minute")

@@ -111,11 +111,12 @@ def risk_columns(schema: OutputSchema, horizon: int) -> tuple[int, int]:
     least as long as the horizon, else the longest."""
     windows = sorted(set(schema.risk_windows))
     window = next((w for w in windows if w >= horizon), windows[-1])
-    dd = schema.risk_names.index(next(n for n, w in zip(schema.risk_names, schema.risk_windows, strict=True)
-                                      if w == window and n.startswith("drawdown")))
-    ru = schema.risk_names.index(next(n for n, w in zip(schema.risk_names, schema.risk_windows, strict=True)
-                                      if w == window and n.startswith("rally")))
-    return dd, ru
+    cols = {
+        name.split("_")[0]: i
+        for i, (name, w) in enumerate(zip(schema.risk_names, schema.risk_windows, strict=True))
+        if w == window
+    }
+    return cols["drawdown"], cols["rally"]
 
 
 def decode_arrays(

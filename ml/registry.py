@@ -1,28 +1,35 @@
-"""The model registry: one folder per version, aliases ``champion`` and ``challenger``.
+"""The model registry: one folder per version holding everything needed to use it, and two aliases.
 
-Layout under ``model.registry_dir``::
+Layout under ``settings.model.registry_dir``::
 
-    versions/<version>/weights.pt          state dict (loaded with ``weights_only=True``)
-                       config.json         ModelConfig: the model is built from it, nothing else
-                       scaler.json         RobustScaler fitted on the training rows
-                       feature_spec.json   hash, version and ordered names of the feature spec
-                       output_schema.json  what each of the 20 outputs means
-                       training.json       training range, symbols, recipe, seed
-                       metrics.json        validation and held-out evaluation figures
-                       manifest.json       sha256 of every file above
-    aliases.json                            {"champion": …, "challenger": …, "history": [...]}
+    versions/<version_id>/
+        weights.pt           state_dict (torch.save), loaded with weights_only=True
+        config.json          ModelConfig: the only source of the architecture
+        scaler.json          RobustScaler statistics
+        feature_spec.json    hash, version and ordered names of the feature spec it was trained on
+        output_schema.json   the meaning of the 20 outputs (ml/model/schema.py)
+        training.json        data range, symbols, split, recipe, seed, loss normalisers, history
+        metrics.json         held-out evaluation (rewritten by ``evaluate``)
+        manifest.json        sha256 of every file above, and its own digest
+    aliases.json             {"champion": id, "challenger": id, "previous_champions": [...], "history": [...]}
 
-Loading verifies every hash and the feature-spec hash against the running code; any difference
-is a clear ``ModelIntegrityError`` / ``FeatureSpecMismatchError``, never a silent fallback.
+A version is written to a temporary folder and renamed into place, and ``aliases.json`` is replaced
+atomically under a lock file, so readers never see half a version or half an alias file. Loading
+verifies every digest and the feature-spec hash before anything is deserialised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,17 +38,14 @@ from typing import Any
 import torch
 
 from core.errors import PermanentError
-from ml.features import FEATURE_SPEC, FeatureSpecMismatchError
-from ml.features.spec import FeatureSpec
+from ml.features import FEATURE_SPEC, FeatureSpec, FeatureSpecMismatchError
 from ml.model.config import ModelConfig
 from ml.model.network import UnifiedPatchTST, build_model
 from ml.model.schema import OutputSchema
 from ml.scaling import RobustScaler
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ALIASES = (CHAMPION, CHALLENGER)
-FILES = (
+MANIFEST = "manifest.json"
+FILES: tuple[str, ...] = (
     "weights.pt",
     "config.json",
     "scaler.json",
@@ -50,19 +54,20 @@ FILES = (
     "training.json",
     "metrics.json",
 )
-MANIFEST = "manifest.json"
+ALIASES = ("champion", "challenger")
+MANIFEST_FORMAT = "mlsignals.model_manifest"
+
+
+class RegistryError(PermanentError):
+    """The registry cannot do what was asked (unknown version, nothing to roll back to …)."""
 
 
 class ModelIntegrityError(PermanentError):
-    """A stored version is incomplete or a file differs from its manifest."""
-
-
-class UnknownVersionError(PermanentError):
-    """No version or alias of that name."""
+    """A stored version's files do not match its manifest, or are unreadable."""
 
 
 @dataclass(frozen=True)
-class LoadedVersion:
+class LoadedModel:
     version: str
     model: UnifiedPatchTST
     config: ModelConfig
@@ -70,236 +75,365 @@ class LoadedVersion:
     schema: OutputSchema
     training: dict[str, Any]
     metrics: dict[str, Any]
+    feature_spec_hash: str
+
+    @property
+    def temperature(self) -> float:
+        return self.model.temperature
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created: str
+    aliases: tuple[str, ...]
+    training: dict[str, Any]
+    metrics: dict[str, Any]
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _json_bytes(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()
+def _json(doc: Any) -> str:
+    return json.dumps(finite_json(doc), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
-class ModelRegistry:
-    def __init__(self, root: Path, spec: FeatureSpec = FEATURE_SPEC) -> None:
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registry:
+    def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.spec = spec
+        self.versions_dir = self.root / "versions"
+        self.aliases_path = self.root / "aliases.json"
 
-    # -- names ---------------------------------------------------------------------------------
-    def versions(self) -> list[str]:
-        folder = self.root / "versions"
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file())
-
-    def aliases(self) -> dict[str, Any]:
-        path = self.root / "aliases.json"
-        if not path.is_file():
-            return {"history": []}
-        doc: dict[str, Any] = json.loads(path.read_text())
-        doc.setdefault("history", [])
-        return doc
-
-    def alias(self, name: str) -> str | None:
-        value = self.aliases().get(name)
-        return str(value) if value else None
-
-    def resolve(self, ref: str) -> str:
-        """A version id from a version id or an alias."""
-        if ref in ALIASES:
-            version = self.alias(ref)
-            if version is None:
-                raise UnknownVersionError(f"no {ref} model in the registry {self.root}")
-            return version
-        if ref not in self.versions():
-            known = ", ".join(self.versions()[-5:]) or "none"
-            raise UnknownVersionError(f"no model version {ref!r} in {self.root} (latest: {known})")
-        return ref
-
-    # -- writing -------------------------------------------------------------------------------
-    def save(
+    # -- writing ----------------------------------------------------------------------------------
+    def register(
         self,
         model: UnifiedPatchTST,
         scaler: RobustScaler,
+        training: Mapping[str, Any],
+        metrics: Mapping[str, Any],
         *,
-        training: dict[str, Any],
-        metrics: dict[str, Any],
-        created: datetime | None = None,
-    ) -> str:
-        """Store a new version; the first one becomes ``champion``, later ones ``challenger``."""
-        if scaler.spec_hash != self.spec.hash:
-            raise FeatureSpecMismatchError("the scaler was fitted for another feature spec")
+        spec: FeatureSpec = FEATURE_SPEC,
+        now: datetime | None = None,
+    ) -> tuple[str, str]:
+        """Store a new version; returns ``(version_id, alias)`` where alias is ``champion`` for the
+        first version of an empty registry and ``challenger`` otherwise."""
+        spec.check_hash(scaler.spec_hash, "the scaler")
+        config = model.config
         buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, buffer)
         weights = buffer.getvalue()
-        when = created or datetime.now(UTC)
-        version = f"{when:%Y%m%dT%H%M%SZ}-{hashlib.sha256(weights).hexdigest()[:8]}"
-        folder = self.root / "versions" / version
-        if folder.exists():
-            raise ModelIntegrityError(f"version {version} exists already")
-        files = {
+        stamp = (now or _now()).strftime("%Y%m%dT%H%M%SZ")
+        version = f"{stamp}-{hashlib.sha256(weights).hexdigest()[:8]}"
+        contents = {
             "weights.pt": weights,
-            "config.json": model.config.model_dump_json(indent=1).encode(),
-            "scaler.json": scaler.to_json().encode(),
-            "feature_spec.json": _json_bytes(
-                {"hash": self.spec.hash, "version": self.spec.version, "names": list(self.spec.names)}
-            ),
-            "output_schema.json": OutputSchema.from_config(model.config).to_json().encode(),
-            "training.json": _json_bytes(training),
-            "metrics.json": _json_bytes(metrics),
+            "config.json": config.to_json().encode() + b"\n",
+            "scaler.json": scaler.to_json().encode() + b"\n",
+            "feature_spec.json": _json(
+                {
+                    "hash": spec.hash,
+                    "version": spec.version,
+                    "context": spec.context,
+                    "names": list(spec.names),
+                }
+            ).encode(),
+            "output_schema.json": OutputSchema.from_config(config).to_json().encode() + b"\n",
+            "training.json": _json(dict(training)).encode(),
+            "metrics.json": _json(dict(metrics)).encode(),
         }
-        staging = self.root / "versions" / f".{version}.tmp"
-        staging.mkdir(parents=True)
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        (staging / MANIFEST).write_bytes(self._manifest(staging, version, when))
-        # The folder appears whole or not at all.
-        os.replace(staging, folder)
-        aliases = self.aliases()
-        self._set_alias(aliases, CHALLENGER if aliases.get(CHAMPION) else CHAMPION, version)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        final = self.versions_dir / version
+        if final.exists():
+            raise RegistryError(f"version {version} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
+        try:
+            for name, data in contents.items():
+                (tmp / name).write_bytes(data)
+            self._write_manifest(tmp, version, created=(now or _now()).isoformat())
+            # mkdtemp creates 0700: the trainer and the inference workers may be different users
+            # sharing the registry volume, and a version is read-only data anyway.
+            tmp.chmod(0o755)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with self._locked_aliases() as aliases:
+            alias = "challenger" if aliases.get("champion") else "champion"
+            aliases[alias] = version
+            self._event(aliases, "register", version, alias=alias)
+        return version, alias
+
+    def _write_manifest(self, folder: Path, version: str, created: str) -> None:
+        doc: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "created": created,
+            "files": {name: sha256_file(folder / name) for name in FILES},
+        }
+        doc["manifest_sha256"] = hashlib.sha256(_canonical(doc)).hexdigest()
+        _atomic_write(folder / MANIFEST, _json(doc))
+
+    def update_metrics(self, ref: str, metrics: Mapping[str, Any]) -> str:
+        """Replace a version's ``metrics.json`` and re-sign its manifest.
+
+        The version is verified first, so a tampered version is refused rather than re-signed.
+        """
+        version = self.resolve(ref)
+        folder = self._folder(version)
+        manifest = self.verify(version)
+        _atomic_write(folder / "metrics.json", _json(dict(metrics)))
+        self._write_manifest(folder, version, created=str(manifest["created"]))
         return version
 
-    def update_metrics(self, ref: str, metrics: dict[str, Any]) -> None:
-        """Merge evaluation figures into a version and re-sign its manifest (after verifying it)."""
-        version = self.resolve(ref)
-        folder = self.root / "versions" / version
-        manifest = self._verified_manifest(folder, version)
-        current = json.loads((folder / "metrics.json").read_text())
-        _write_atomic(folder / "metrics.json", _json_bytes({**current, **metrics}))
-        created = datetime.fromisoformat(manifest["created"])
-        _write_atomic(folder / MANIFEST, self._manifest(folder, version, created))
-
+    # -- aliases ----------------------------------------------------------------------------------
     def promote(self, ref: str) -> str:
+        """Make a version the champion; the champion it replaces can be restored with ``rollback``."""
         version = self.resolve(ref)
-        self.load(version)  # never promote a version that would not load
-        aliases = self.aliases()
-        if aliases.get(CHALLENGER) == version:
-            aliases[CHALLENGER] = None
-        self._set_alias(aliases, CHAMPION, version)
+        self.verify(version)
+        with self._locked_aliases() as aliases:
+            current = aliases.get("champion")
+            if current == version:
+                raise RegistryError(f"{version} is already the champion")
+            if current:
+                aliases.setdefault("previous_champions", []).append(current)
+            aliases["champion"] = version
+            if aliases.get("challenger") == version:
+                aliases["challenger"] = None
+            self._event(aliases, "promote", version, replaced=current)
         return version
 
     def rollback(self) -> str:
-        """Move ``champion`` back to the version it pointed to before the last change."""
-        aliases = self.aliases()
-        previous = [h for h in aliases["history"] if h["alias"] == CHAMPION]
-        if len(previous) < 2:
-            raise UnknownVersionError("no earlier champion to roll back to")
-        current, before = previous[-1]["version"], previous[-2]["version"]
-        aliases["history"] = [h for h in aliases["history"] if h is not previous[-1]]
-        aliases[CHAMPION] = before
-        aliases["history"].append(
-            {"alias": "rollback", "version": current, "at": datetime.now(UTC).isoformat()}
-        )
-        self._write_aliases(aliases)
-        return before
+        """Return ``champion`` to the previous champion; the demoted one becomes the challenger."""
+        with self._locked_aliases() as aliases:
+            stack = aliases.get("previous_champions") or []
+            if not stack:
+                raise RegistryError("no previous champion to roll back to")
+            previous = stack.pop()
+            self.verify(previous)
+            demoted = aliases.get("champion")
+            aliases["previous_champions"] = stack
+            aliases["champion"] = previous
+            aliases["challenger"] = demoted
+            self._event(aliases, "rollback", previous, replaced=demoted)
+        return str(previous)
 
-    # -- reading -------------------------------------------------------------------------------
-    def load(self, ref: str, device: torch.device | str = "cpu") -> LoadedVersion:
+    def aliases(self) -> dict[str, Any]:
+        return self._read_aliases()
+
+    def resolve(self, ref: str) -> str:
+        """A version id, or the version an alias points to; cheap enough to poll every minute."""
+        if ref in ALIASES:
+            version = self._read_aliases().get(ref)
+            if not version:
+                raise RegistryError(f"no {ref} in the model registry at {self.root}")
+            return str(version)
+        if not (self.versions_dir / ref).is_dir():
+            raise RegistryError(f"unknown model version {ref!r} in {self.root}")
+        return ref
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def info(self, ref: str) -> VersionInfo:
         version = self.resolve(ref)
-        folder = self.root / "versions" / version
-        self._verified_manifest(folder, version)
-        spec_doc = json.loads((folder / "feature_spec.json").read_text())
-        self.spec.check_hash(spec_doc["hash"], f"model version {version}")
-        config = ModelConfig.model_validate_json((folder / "config.json").read_text())
-        schema = OutputSchema.from_json((folder / "output_schema.json").read_text())
+        folder = self._folder(version)
+        aliases = self._read_aliases()
+        names = tuple(a for a in ALIASES if aliases.get(a) == version)
+        manifest = _read_json(folder / MANIFEST, version)
+        return VersionInfo(
+            version=version,
+            created=str(manifest.get("created", "")),
+            aliases=names,
+            training=_read_json(folder / "training.json", version),
+            metrics=_read_json(folder / "metrics.json", version),
+        )
+
+    # -- loading ----------------------------------------------------------------------------------
+    def verify(self, ref: str) -> dict[str, Any]:
+        """Check the manifest and every file's sha256; returns the manifest."""
+        manifest, _ = self._read_verified(self.resolve(ref))
+        return manifest
+
+    def _read_verified(self, version: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The manifest and the bytes of every file, checked against it. Callers deserialise these
+        very bytes, so a file swapped after the check cannot slip through."""
+        folder = self._folder(version)
+        manifest = _read_json(folder / MANIFEST, version)
+        claimed = manifest.pop("manifest_sha256", None)
+        if claimed != hashlib.sha256(_canonical(manifest)).hexdigest():
+            raise ModelIntegrityError(
+                f"model {version}: manifest.json was modified (its own digest does not match)"
+            )
+        files = manifest.get("files")
+        if manifest.get("version") != version or not isinstance(files, dict) or set(files) != set(FILES):
+            raise ModelIntegrityError(
+                f"model {version}: manifest.json does not describe this version's files"
+            )
+        present = {p.name for p in folder.iterdir()} - {MANIFEST}
+        if present != set(FILES):
+            extra, missing = sorted(present - set(FILES)), sorted(set(FILES) - present)
+            raise ModelIntegrityError(
+                f"model {version}: unexpected files {extra}, missing files {missing} in {folder}"
+            )
+        contents: dict[str, bytes] = {}
+        for name in FILES:
+            data = (folder / name).read_bytes()
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != files[name]:
+                raise ModelIntegrityError(
+                    f"model {version}: {name} does not match its manifest digest "
+                    f"(expected {str(files[name])[:12]}…, found {actual[:12]}…); the file was changed"
+                )
+            contents[name] = data
+        manifest["manifest_sha256"] = claimed
+        return manifest, contents
+
+    def load(self, ref: str, *, spec: FeatureSpec = FEATURE_SPEC, map_location: str = "cpu") -> LoadedModel:
+        """Verify and load a version; the model is in eval mode on ``map_location``."""
+        version = self.resolve(ref)
+        _, files = self._read_verified(version)
+        docs = {name: _parse_json(files[name], name, version) for name in FILES if name.endswith(".json")}
+        feature_doc = docs["feature_spec.json"]
+        if feature_doc.get("hash") != spec.hash:
+            raise FeatureSpecMismatchError(
+                f"model {version} was trained on feature spec {str(feature_doc.get('hash'))[:12]}… "
+                f"(version {feature_doc.get('version')}), this engine computes {spec.hash[:12]}… "
+                f"(version {spec.version}); train a new model (`mlsignals model train`)"
+            )
+        try:
+            config = ModelConfig.model_validate(docs["config.json"])
+            schema = OutputSchema.from_json(files["output_schema.json"].decode())
+            scaler = RobustScaler.from_dict(docs["scaler.json"], spec=spec)
+        except FeatureSpecMismatchError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelIntegrityError(f"model {version}: unreadable artefact: {exc}") from None
         if schema != OutputSchema.from_config(config):
-            raise ModelIntegrityError(f"version {version}: output_schema.json disagrees with config.json")
-        scaler = RobustScaler.from_json((folder / "scaler.json").read_text(), spec=self.spec)
-        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+            raise ModelIntegrityError(f"model {version}: output_schema.json disagrees with config.json")
+        if config.n_features != spec.n_features or config.context != spec.context:
+            raise FeatureSpecMismatchError(
+                f"model {version} expects {config.context}x{config.n_features} inputs, the feature spec "
+                f"gives {spec.context}x{spec.n_features}"
+            )
         model = build_model(config)
         try:
+            state = torch.load(io.BytesIO(files["weights.pt"]), map_location=map_location, weights_only=True)
             model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelIntegrityError(f"version {version}: weights do not fit its config: {exc}") from exc
-        model.to(device).eval()
-        return LoadedVersion(
+        except Exception as exc:  # unpickling refuses, shapes differ, keys missing: all mean a bad file
+            raise ModelIntegrityError(f"model {version}: weights.pt cannot be loaded: {exc}") from None
+        model.eval()
+        return LoadedModel(
             version=version,
             model=model,
             config=config,
             scaler=scaler,
             schema=schema,
-            training=json.loads((folder / "training.json").read_text()),
-            metrics=json.loads((folder / "metrics.json").read_text()),
+            training=docs["training.json"],
+            metrics=docs["metrics.json"],
+            feature_spec_hash=spec.hash,
         )
 
-    def load_scaler(self, ref: str) -> RobustScaler:
-        """Just the scaler, for feature workers (verified like a full load)."""
-        version = self.resolve(ref)
-        folder = self.root / "versions" / version
-        self._verified_manifest(folder, version)
-        self.spec.check_hash(
-            json.loads((folder / "feature_spec.json").read_text())["hash"], f"model version {version}"
+    # -- internals --------------------------------------------------------------------------------
+    def _folder(self, version: str) -> Path:
+        folder = self.versions_dir / version
+        if not folder.is_dir():
+            raise RegistryError(f"unknown model version {version!r} in {self.root}")
+        return folder
+
+    def _read_aliases(self) -> dict[str, Any]:
+        if not self.aliases_path.is_file():
+            return {"champion": None, "challenger": None, "previous_champions": [], "history": []}
+        try:
+            doc = json.loads(self.aliases_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read {self.aliases_path}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{self.aliases_path} is not a JSON object")
+        return doc
+
+    @contextlib.contextmanager
+    def _locked_aliases(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of ``aliases.json`` under an exclusive lock; written atomically on success."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".aliases.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                aliases = self._read_aliases()
+                yield aliases
+                _atomic_write(self.aliases_path, _json(aliases))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _event(aliases: dict[str, Any], action: str, version: str, **extra: Any) -> None:
+        aliases.setdefault("history", []).append(
+            {"at": _now().isoformat(timespec="seconds"), "action": action, "version": version, **extra}
         )
-        return RobustScaler.from_json((folder / "scaler.json").read_text(), spec=self.spec)
 
-    def describe(self, ref: str) -> dict[str, Any]:
-        version = self.resolve(ref)
-        folder = self.root / "versions" / version
-        manifest = self._verified_manifest(folder, version)
-        aliases = self.aliases()
-        return {
-            "version": version,
-            "aliases": [a for a in ALIASES if aliases.get(a) == version],
-            "created": manifest["created"],
-            "training": json.loads((folder / "training.json").read_text()),
-            "metrics": json.loads((folder / "metrics.json").read_text()),
-        }
 
-    # -- internals -----------------------------------------------------------------------------
-    def _manifest(self, folder: Path, version: str, created: datetime) -> bytes:
-        return _json_bytes(
-            {
-                "version": version,
-                "created": created.isoformat(),
-                "feature_spec_hash": self.spec.hash,
-                "files": {name: sha256_file(folder / name) for name in FILES},
-            }
-        )
+def _parse_json(data: bytes, name: str, version: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ModelIntegrityError(f"model {version}: cannot parse {name}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ModelIntegrityError(f"model {version}: {name} is not a JSON object")
+    return doc
 
-    def _verified_manifest(self, folder: Path, version: str) -> dict[str, Any]:
-        path = folder / MANIFEST
-        if not path.is_file():
-            raise ModelIntegrityError(f"version {version} has no manifest.json")
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        files: dict[str, str] = manifest.get("files", {})
-        if set(files) != set(FILES):
-            raise ModelIntegrityError(
-                f"version {version}: manifest lists {sorted(files)}, expected {sorted(FILES)}"
-            )
-        for name, expected in files.items():
-            target = folder / name
-            if not target.is_file():
-                raise ModelIntegrityError(f"version {version}: {name} is missing")
-            actual = sha256_file(target)
-            if actual != expected:
-                raise ModelIntegrityError(
-                    f"version {version}: {name} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…"
-                    " (the file was changed after the version was written)"
-                )
-        return manifest
 
-    def _set_alias(self, aliases: dict[str, Any], name: str, version: str) -> None:
-        aliases[name] = version
-        aliases["history"].append({"alias": name, "version": version, "at": datetime.now(UTC).isoformat()})
-        self._write_aliases(aliases)
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
-    def _write_aliases(self, aliases: dict[str, Any]) -> None:
-        _write_atomic(self.root / "aliases.json", _json_bytes(aliases))
+
+def _read_json(path: Path, version: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"model {version}: cannot read {path.name}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ModelIntegrityError(f"model {version}: {path.name} is not a JSON object")
+    return doc
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        # mkstemp creates 0600; the file replaces a readable one and must stay readable to workers.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def open_registry(registry_dir: Path | str) -> Registry:
+    return Registry(registry_dir)

@@ -15,31 +15,33 @@ import numpy.typing as npt
 from core.settings import Settings
 from ml.minute import ModelOutputs
 from ml.predictor import Predictor
-from ml.registry import CHAMPION, ModelRegistry
+from ml.registry import Registry
 from ml.scaling import RobustScaler
 
 
 class RegistryModelServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(settings.model.registry_dir)
+        self.registry = Registry(settings.model.registry_dir)
         self._scalers: dict[str, RobustScaler] = {}
         self._predictor: Predictor | None = None
         self._lock = threading.Lock()
 
     def champion_version(self) -> str | None:
-        return self.registry.alias(CHAMPION)
+        value = self.registry.aliases().get("champion")
+        return str(value) if value else None
 
     def scaler(self, version: str) -> RobustScaler:
         with self._lock:
             if version not in self._scalers:
-                self._scalers[version] = self.registry.load_scaler(version)
+                # A full, verified load: the scaler is trusted only with its manifest and spec hash.
+                self._scalers[version] = self.registry.load(version).scaler
             return self._scalers[version]
 
     def predictor(self, version: str) -> Predictor:
         with self._lock:
             if self._predictor is None or self._predictor.version != version:
-                self._predictor = Predictor.load(self.registry, version, self.settings.model)
+                self._predictor = Predictor.load(self.registry, version, self.settings)
             return self._predictor
 
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:

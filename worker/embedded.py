@@ -6,6 +6,7 @@ in-memory window store, minute lock and bus. The same tasks and canvas as the di
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +79,11 @@ def configure_app_for_embedded() -> None:
 def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int = 4) -> Iterator[Runtime]:
     """Run workers for every queue (and beat) in background threads for the ``with`` block."""
     configure_app_for_embedded()
+    # Celery narrates every task received and its result at INFO: in one process beside the live
+    # table that is noise (and payloads); the pipeline's own structured lines say what happened.
+    celery_logger = logging.getLogger("celery")
+    previous_level = celery_logger.level
+    celery_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     db.upgrade(settings.database_url)
     runtime = build_embedded(settings)
     install(runtime)
@@ -110,3 +116,4 @@ def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int 
         worker.stop()
         thread.join(timeout=10)
         install(None)
+        celery_logger.setLevel(previous_level)

@@ -36,6 +36,12 @@ class ModelConfig(BaseModel):
     head_hidden: int = Field(256, ge=1)
     revin_eps: float = Field(1e-5, gt=0.0)
     revin_affine: bool = True
+    # Feed RevIN's per-sample statistics (each feature's window mean and log standard deviation)
+    # to the encoder through one linear map added to every patch embedding. RevIN removes them from
+    # the input, and with them every level (a symbol's volatility against the fixed direction
+    # thresholds, for one); a forecasting model gets them back by de-normalising its output, these
+    # heads cannot, so they get them here. docs/MODEL.md has the measurements.
+    revin_stats: bool = True
     # Horizons in bars (15 m, 1 h, 4 h, 12 h with 15-minute bars) and the bar length they assume.
     horizons: tuple[int, int, int, int] = (1, 4, 16, 48)
     bar_minutes: int = Field(15, ge=1)

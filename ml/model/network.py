@@ -31,13 +31,15 @@ class RevIN(nn.Module):
             self.weight = nn.Parameter(torch.ones(n_features))
             self.bias = nn.Parameter(torch.zeros(n_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, F]`` -> (normalised ``[B, T, F]``, statistics ``[B, 2F]``: mean, log std)."""
         mean = x.mean(dim=1, keepdim=True)
         var = x.var(dim=1, keepdim=True, unbiased=False)
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
             y = y * self.weight + self.bias
-        return y
+        stats = torch.cat([mean, 0.5 * torch.log(var + self.eps)], dim=2).squeeze(1)
+        return y, stats
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
@@ -67,6 +69,7 @@ class UnifiedPatchTST(nn.Module):
         self.revin = RevIN(c.n_features, c.revin_eps, c.revin_affine)
         # Channel-mixing patch embedding: one convolution over all features, cheap at inference.
         self.patch = nn.Conv1d(c.n_features, c.d_model, c.patch_len, stride=c.patch_stride, bias=False)
+        self.stats = nn.Linear(2 * c.n_features, c.d_model) if c.revin_stats else None
         # Fixed, not learned, so it is not part of the state dict: it follows from the config.
         self.register_buffer("positions", sinusoidal_positions(c.n_patches, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
@@ -96,9 +99,12 @@ class UnifiedPatchTST(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` -> pooled representation ``[B, d_model]``."""
-        z = self.revin(x)
+        z, stats = self.revin(x)
         z = self.patch(z.transpose(1, 2)).transpose(1, 2)  # [B, patches, d_model]
-        z = self.dropout(z + self.positions)
+        z = z + self.positions
+        if self.stats is not None:
+            z = z + self.stats(stats).unsqueeze(1)
+        z = self.dropout(z)
         z = self.encoder(z)
         return z.mean(dim=1)
 

@@ -32,7 +32,7 @@ from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
 from ml.model.config import ModelConfig
 from ml.model.network import build_model
-from ml.registry import ModelRegistry
+from ml.registry import Registry
 from ml.scaling import RobustScaler
 from tasks.common import minute_dt
 from tests.support.workers import WorkerFleet, running_fleet
@@ -61,11 +61,11 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     for number in (BROKER_DB, BACKEND_DB, APP_DB):
         redis.Redis.from_url(f"{REDIS_HOST}/{number}").flushdb()
     channel = f"signals-{uuid.uuid4().hex[:8]}"
-    registry = ModelRegistry(tmp_path / "models")
+    registry = Registry(tmp_path / "models")
     torch.manual_seed(0)
     n = FEATURE_SPEC.n_features
     identity = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
-    registry.save(build_model(ModelConfig()), identity, training={"note": "untrained test model"}, metrics={})
+    registry.register(build_model(ModelConfig()), identity, {"note": "untrained test model"}, {})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
         "MLSIG_REDIS_URL": f"{REDIS_HOST}/{APP_DB}",

@@ -1,0 +1,116 @@
+"""First run: make sure the registry has a champion, training a small model on stored history if not.
+
+``ensure_champion`` is a no-op when a champion exists. Otherwise it (1) upgrades a SQLite database
+in place (a server database must already be migrated), (2) backfills ``recipe.days`` of 1-minute
+candles for the first ``recipe.symbols`` symbols from the configured source — the built-in
+simulator by default, resumable and idempotent like ``mlsignals data backfill`` — and (3) trains
+the default recipe and registers the result, which becomes the champion of the empty registry.
+With the defaults this takes a few minutes on 2 CPU cores (docs/MODEL.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from core.errors import ConfigError
+from core.logging import get_logger
+from core.settings import Settings
+from data import db
+from data.ingest import Ingestor
+from data.sources.factory import make_source, resolve_symbols
+from data.store import CandleStore
+from data.validation import ValidationPolicy
+from ml.jobs import TrainOutcome, registry_for, train_version
+from ml.progress import LogProgress, Progress, RichProgress
+from ml.registry import Registry, RegistryError
+from ml.training import TrainingRecipe
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    version: str
+    trained: bool
+    outcome: TrainOutcome | None = None
+    seconds: float = 0.0
+
+
+def current_champion(registry: Registry) -> str | None:
+    try:
+        return registry.resolve("champion")
+    except RegistryError:
+        return None
+
+
+def open_store(settings: Settings) -> CandleStore:
+    url = db.normalise_url(settings.database_url)
+    if url.startswith("sqlite"):
+        if settings.data_dir and url.startswith("sqlite:///"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db.upgrade(url)
+    elif db.current_revision(url) != db.head_revision():
+        raise ConfigError("database schema is not at head: run `mlsignals db upgrade` before the first run")
+    return CandleStore(db.get_engine(url))
+
+
+def ensure_champion(
+    settings: Settings,
+    *,
+    recipe: TrainingRecipe | None = None,
+    progress: Progress | None = None,
+    store: CandleStore | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> BootstrapResult:
+    """``progress`` wins; else a rich progress bar on ``console``; else log lines."""
+    registry = registry_for(settings)
+    existing = current_champion(registry)
+    if existing is not None:
+        return BootstrapResult(existing, trained=False)
+    if progress is None and console is not None:
+        with RichProgress(console) as bar:
+            return ensure_champion(settings, recipe=recipe, progress=bar, store=store, device=device)
+    began = time.perf_counter()
+    recipe = recipe or TrainingRecipe()
+    progress = progress or LogProgress()
+    store = store or open_store(settings)
+    source = make_source(settings)
+    symbols = resolve_symbols(settings, source)[: recipe.symbols]
+    progress.note(
+        f"no champion model in {registry.root}: backfilling {recipe.days:g} days of {len(symbols)} "
+        f"symbols from {source.name} and training the default recipe"
+    )
+    policy = ValidationPolicy(
+        max_fill_gap_minutes=settings.data.max_fill_gap_minutes,
+        max_abs_log_return=settings.data.max_abs_log_return,
+        stale_after_ms=settings.data.stale_after_seconds * 1000,
+    )
+    chunks = len(symbols) * int(-(-recipe.days // 1))
+    progress.start("backfill", chunks)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(done)
+
+    report = Ingestor(store, source, policy).backfill(symbols, recipe.days, progress=advance)
+    usable = [s for s in symbols if s not in report.failed]
+    outcome = train_version(
+        settings,
+        store,
+        recipe,
+        device=device or settings.model.device,
+        symbols=usable,
+        progress=progress,
+        registry=registry,
+    )
+    if outcome.alias != "champion":
+        # Someone registered a champion meanwhile; theirs stays, ours waits as the challenger.
+        log.info("a champion appeared during the first-run training", challenger=outcome.version)
+    version = registry.resolve("champion")
+    return BootstrapResult(version, trained=True, outcome=outcome, seconds=time.perf_counter() - began)

@@ -1,0 +1,417 @@
+"""Training UnifiedPatchTST: the recipe, and the loop with early stopping and temperature calibration.
+
+One run: AdamW (decay on matrices only) with a linear warm-up and cosine decay, bf16 autocast where
+the hardware has it, gradient clipping, an exponential moving average of the weights, early
+stopping on the validation loss of the averaged weights (ml/losses.py has the loss), then the
+temperature. Everything random draws from ``recipe.seed`` and deterministic algorithms are on.
+
+Each epoch draws ``samples_per_epoch`` training samples as whole cross-sections (all symbols of a
+few anchor times) so the returns loss can ignore the move all symbols share at a time
+(docs/MODEL.md explains why that matters more than anything else here).
+
+The temperature is not trained with the network (it would only rescale the logits the
+cross-entropy already sets): after early stopping restores the best epoch, ``log T`` is fitted
+on the validation samples by minimising the plain (unweighted) negative log-likelihood, so that
+confidences are calibrated probabilities on data the weights never saw.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ml.dataset import Dataset, DatasetError, DatasetSpec
+from ml.evaluation import ic_per_time
+from ml.losses import TargetStats, fit_log_temperature, loss_terms, target_stats, targets
+from ml.model.config import DIRECTION_CLASSES, ModelConfig
+from ml.model.network import UnifiedPatchTST, build_model
+from ml.progress import NullProgress, Progress
+from ml.teacher import fit_teacher
+
+
+class LossWeights(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    returns: float = Field(1.0, ge=0.0)
+    direction: float = Field(1.0, ge=0.0)
+    risk: float = Field(0.5, ge=0.0)
+
+
+class TrainingRecipe(BaseModel):
+    """Everything that decides a training run besides the data; stored in ``training.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelConfig = ModelConfig()
+    days: float = Field(42.0, gt=0)
+    symbols: int = Field(50, ge=1)
+    phases: tuple[int, ...] = (0,)
+    train_fraction: float = Field(0.70, gt=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    purge_bars: int | None = Field(None, ge=0)
+    epochs: int = Field(6, ge=1)
+    samples_per_epoch: int = Field(16_384, ge=1)
+    batch_size: int = Field(256, ge=1)
+    val_max_samples: int = Field(4_096, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(2, ge=1)
+    # "neutral": the returns target is the return minus the mean over the symbols at the same
+    # anchor time (the market move nobody can predict removed); "raw": the return itself.
+    returns_target: Literal["raw", "neutral"] = "neutral"
+    # Winsorise return and risk targets at this many training standard deviations: the simulator's
+    # (and the market's) fat tails otherwise dominate the squared errors.
+    target_clip_sd: float = Field(4.0, gt=0)
+    # Exponential moving average of the weights (per step); validation, early stopping and the
+    # stored model use the averaged weights. 0 disables it.
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    # Batches of whole cross-sections (all symbols at a few anchor times) and a returns loss that
+    # ignores each cross-section's mean: the model is neither rewarded nor punished for the market
+    # move every symbol shares, which it cannot predict but can memorise (docs/MODEL.md).
+    cross_sectional: bool = True
+    mixed_precision: Literal["auto", "off", "bf16"] = "auto"
+    # Distillation from a linear teacher fitted on the training samples (ml/teacher.py): the share
+    # of the teacher's prediction in the returns target and of its class probabilities in the
+    # direction loss. 0 and 0 train on the labels alone.
+    distill_returns: float = Field(1.0, ge=0, le=1)
+    distill_direction: float = Field(0.5, ge=0, le=1)
+    teacher_ridge: float = Field(1e4, ge=0)
+    teacher_l2: float = Field(1e3, ge=0)
+    focal_gamma: float = Field(1.0, ge=0)
+    class_weight_power: float = Field(0.5, ge=0)
+    loss_weights: LossWeights = LossWeights()
+    seed: int = 7
+
+    def dataset_spec(self) -> DatasetSpec:
+        return DatasetSpec(
+            bar_minutes=self.model.bar_minutes,
+            phases=self.phases,
+            train_fraction=self.train_fraction,
+            val_fraction=self.val_fraction,
+            purge_bars=self.purge_bars,
+        )
+
+
+@dataclass
+class FitResult:
+    model: UnifiedPatchTST
+    history: list[dict[str, float]]
+    best_epoch: int
+    stats: TargetStats
+    seconds: float
+    samples_seen: int
+    stopped_early: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay matrices only; norms, biases and RevIN's affine vectors stay undecayed.
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if name == "log_temperature":
+            continue
+        (decay if p.ndim >= 2 else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def fit(
+    ds: Dataset,
+    recipe: TrainingRecipe,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> FitResult:
+    progress = progress or NullProgress()
+    began = time.perf_counter()
+    seed_everything(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(ds, recipe, device, progress, rng, began)
+    finally:
+        torch.use_deterministic_algorithms(previous_det)
+
+
+def _time_groups(times: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+    """Positions of ``times`` grouped by equal value (one cross-section per anchor time)."""
+    order = np.argsort(times, kind="stable")
+    cuts = np.flatnonzero(np.diff(times[order])) + 1
+    return np.split(order, cuts)
+
+
+def _pick_groups(
+    idx: npt.NDArray[np.int64], groups: list[npt.NDArray[np.int64]], n: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """About ``n`` samples of ``idx`` made of whole cross-sections drawn at random, kept together."""
+    out: list[npt.NDArray[np.int64]] = []
+    total = 0
+    for g in rng.permutation(len(groups)):
+        if total >= n:
+            break
+        out.append(idx[groups[g]])
+        total += groups[g].shape[0]
+    return np.concatenate(out)[:n]
+
+
+def autocast_dtype(recipe: TrainingRecipe, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware does bf16 natively (CUDA, or AVX-512 BF16 / AMX CPUs)."""
+    if recipe.mixed_precision == "off":
+        return None
+    if recipe.mixed_precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return torch.bfloat16 if native else None
+
+
+def _group_ids(ds: Dataset, batch: npt.NDArray[np.int64], device: torch.device) -> torch.Tensor:
+    _, inverse = np.unique(ds.anchor_ms[batch], return_inverse=True)
+    return torch.from_numpy(inverse.astype(np.int64)).to(device)
+
+
+@dataclass
+class _Teaching:
+    """The teacher's targets for every training sample, by position in ``train_idx``."""
+
+    train_idx: npt.NDArray[np.int64]
+    returns: npt.NDArray[np.float64]  # [n, H] scaled
+    probs: npt.NDArray[np.float64]  # [n, H, 3]
+    return_var: torch.Tensor
+
+    def position(self, batch: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return np.searchsorted(self.train_idx, batch)
+
+
+def _teach(
+    ds: Dataset,
+    train_idx: npt.NDArray[np.int64],
+    recipe: TrainingRecipe,
+    stats: TargetStats,
+    progress: Progress,
+) -> _Teaching | None:
+    if recipe.distill_returns == 0 and recipe.distill_direction == 0:
+        return None
+    progress.start("linear teacher", 1)
+    ret, _, _ = targets(ds, train_idx, recipe, stats)
+    _, t_ret, t_probs = fit_teacher(
+        ds,
+        train_idx,
+        ret.astype(np.float64),
+        eps=recipe.model.revin_eps,
+        ridge=recipe.teacher_ridge,
+        l2=recipe.teacher_l2,
+    )
+    t_ret = np.clip(t_ret, -stats.return_clip, stats.return_clip)
+    mixed = recipe.distill_returns * t_ret + (1 - recipe.distill_returns) * ret
+    progress.update(1)
+    return _Teaching(
+        train_idx=train_idx,
+        returns=t_ret,
+        probs=t_probs,
+        return_var=torch.tensor(np.maximum(mixed.var(axis=0), 1e-8), dtype=torch.float32),
+    )
+
+
+def _fit(
+    ds: Dataset,
+    recipe: TrainingRecipe,
+    device: torch.device,
+    progress: Progress,
+    rng: np.random.Generator,
+    began: float,
+) -> FitResult:
+    train_idx = ds.indices("train")
+    val_all = ds.indices("val")
+    if train_idx.size == 0 or val_all.size == 0:
+        raise DatasetError(
+            f"need training and validation samples, got {train_idx.size} and {val_all.size}: "
+            "load more days of history"
+        )
+    train_groups = _time_groups(ds.anchor_ms[train_idx])
+    val_idx = np.sort(_pick_groups(val_all, _time_groups(ds.anchor_ms[val_all]), recipe.val_max_samples, rng))
+    model = build_model(recipe.model).to(device)
+    ema = copy.deepcopy(model) if recipe.ema_decay > 0 else model
+    stats = target_stats(ds, train_idx, recipe)
+    teach = _teach(ds, train_idx, recipe, stats, progress)
+    # The training loss is normalised by the variance of the targets it actually fits (teacher
+    # predictions vary far less than realised returns); validation keeps the label normalisers.
+    fit_stats = stats if teach is None else replace(stats, return_var=teach.return_var)
+    stats, fit_stats = stats.to(device), fit_stats.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.learning_rate)
+    per_epoch = min(recipe.samples_per_epoch, train_idx.size)
+    steps_per_epoch = -(-per_epoch // recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    warmup = max(1, int(recipe.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, total_steps, warmup)
+    )
+    amp = autocast_dtype(recipe, device)
+    w = recipe.loss_weights
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    bad_epochs = 0
+    seen = 0
+    stopped_early = False
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        if recipe.cross_sectional:
+            pick = _pick_groups(train_idx, train_groups, per_epoch, rng)
+        else:
+            pick = rng.choice(train_idx, per_epoch, replace=False)
+        progress.start(f"epoch {epoch}/{recipe.epochs}", steps_per_epoch)
+        running = 0.0
+        for step in range(steps_per_epoch):
+            batch = pick[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            xb = torch.from_numpy(ds.windows(batch)).to(device)
+            ret, cls, risk = (torch.from_numpy(a).to(device) for a in targets(ds, batch, recipe, stats))
+            soft = None
+            if teach is not None:
+                pos = teach.position(batch)
+                mixed = (
+                    recipe.distill_returns * teach.returns[pos]
+                    + (1 - recipe.distill_returns) * ret.cpu().numpy()
+                )
+                ret = torch.from_numpy(mixed.astype(np.float32)).to(device)
+                soft = torch.from_numpy(teach.probs[pos].astype(np.float32)).to(device)
+            groups = _group_ids(ds, batch, device) if recipe.cross_sectional else None
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = model(xb)
+            l_ret, l_dir, l_risk = loss_terms(
+                out.float(),
+                ret,
+                cls,
+                risk,
+                fit_stats,
+                recipe.focal_gamma,
+                groups,
+                soft,
+                recipe.distill_direction,
+            )
+            loss = w.returns * l_ret + w.direction * l_dir + w.risk * l_risk
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not model:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                        p_ema.lerp_(p, 1.0 - recipe.ema_decay)
+            seen += int(batch.shape[0])
+            running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+            progress.update(step + 1, loss=running)
+        metrics = validate(ema, ds, val_idx, recipe, stats, device)
+        metrics["epoch"] = float(epoch)
+        metrics["train_loss"] = running
+        history.append(metrics)
+        if hasattr(progress, "metrics"):
+            progress.metrics(metrics)
+        progress.note(
+            f"epoch {epoch}: train loss {running:.4f}, val loss {metrics['val_loss']:.4f}, "
+            f"val acc 15m {metrics['val_acc_h1']:.3f} (majority {metrics['val_majority_h1']:.3f}), "
+            f"val IC 15m {metrics['val_ic_h1']:+.4f}, 1h {metrics['val_ic_h4']:+.4f}"
+        )
+        if metrics["val_loss"] < best_loss - 1e-5:
+            best_loss, best_epoch, bad_epochs = metrics["val_loss"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= recipe.patience:
+                stopped_early = epoch < recipe.epochs
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    temperature = calibrate_temperature(model, ds, val_idx, device)
+    progress.note(f"best epoch {best_epoch} (val loss {best_loss:.4f}); temperature {temperature:.3f}")
+    return FitResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        stats=stats,
+        seconds=time.perf_counter() - began,
+        samples_seen=seen,
+        stopped_early=stopped_early,
+    )
+
+
+def _outputs(
+    model: UnifiedPatchTST, ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device, batch: int = 512
+) -> torch.Tensor:
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, idx.shape[0], batch):
+            xb = torch.from_numpy(ds.windows(idx[start : start + batch])).to(device)
+            parts.append(model(xb))
+    return torch.cat(parts)
+
+
+def validate(
+    model: UnifiedPatchTST,
+    ds: Dataset,
+    idx: npt.NDArray[np.int64],
+    recipe: TrainingRecipe,
+    stats: TargetStats,
+    device: torch.device,
+) -> dict[str, float]:
+    out = _outputs(model, ds, idx, device)
+    ret, cls, risk = (torch.from_numpy(a).to(device) for a in targets(ds, idx, recipe, stats))
+    groups = _group_ids(ds, idx, device) if recipe.cross_sectional else None
+    l_ret, l_dir, l_risk = loss_terms(out, ret, cls, risk, stats, recipe.focal_gamma, groups)
+    w = recipe.loss_weights
+    metrics = {
+        "val_loss": float(w.returns * l_ret + w.direction * l_dir + w.risk * l_risk),
+        "val_loss_returns": float(l_ret),
+        "val_loss_direction": float(l_dir),
+        "val_loss_risk": float(l_risk),
+    }
+    n_h = recipe.model.n_horizons
+    out_np = out.float().cpu().numpy()
+    pred = out_np[:, n_h : n_h * 4].reshape(-1, n_h, len(DIRECTION_CLASSES)).argmax(-1)
+    true = ds.classes[idx]
+    for h, bars in enumerate(recipe.model.horizons):
+        metrics[f"val_acc_h{bars}"] = float((pred[:, h] == true[:, h]).mean())
+        metrics[f"val_majority_h{bars}"] = float(np.bincount(true[:, h]).max() / true.shape[0])
+        metrics[f"val_ic_h{bars}"] = ic_per_time(out_np[:, h], ds.returns[idx, h], ds.anchor_ms[idx])[0]
+    return metrics
+
+
+def calibrate_temperature(
+    model: UnifiedPatchTST, ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device
+) -> float:
+    """Set ``model.log_temperature`` from the validation samples ``idx``; returns ``T``."""
+    n_h = model.config.n_horizons
+    n_c = len(DIRECTION_CLASSES)
+    logits = _outputs(model, ds, idx, device)[:, n_h : n_h + n_h * n_c].cpu().reshape(-1, n_h, n_c)
+    log_t = fit_log_temperature(logits, torch.from_numpy(ds.classes[idx]))
+    with torch.no_grad():
+        model.log_temperature.fill_(log_t)
+    return math.exp(log_t)

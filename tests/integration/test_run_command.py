@@ -1,0 +1,69 @@
+"""``mlsignals run``: the README's main job, through the CLI, on the embedded default (SQLite, simulator,
+in-process broker and workers) with a champion in the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from core.settings import Settings, reset_settings_cache
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
+from data import db
+from data.ingest import Ingestor
+from data.models import PipelineRun, SignalRecord
+from data.sources.factory import make_source, resolve_symbols
+from data.store import CandleStore
+from data.validation import ValidationPolicy
+from ml.features import FEATURE_SPEC
+from tests.unit.test_model_common import make_registry
+
+N_SYMBOLS = 4
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("MLSIG_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MLSIG_MODEL__REGISTRY_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("MLSIG_MODEL__DEVICE", "cpu")
+    monkeypatch.setenv("MLSIG_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("MLSIG_DATA__UNIVERSE_SIZE", str(N_SYMBOLS))
+    monkeypatch.setenv("MLSIG_PIPELINE__CANDLE_WAIT_SECONDS", "0")
+    monkeypatch.setenv("MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD", "0.34")
+    reset_settings_cache()
+    s = Settings()
+    make_registry(tmp_path / "models")
+    db.upgrade(s.database_url)
+    source = make_source(s)
+    minutes = FEATURE_SPEC.window * s.data.bar_minutes + 30
+    report = Ingestor(CandleStore(db.get_engine(s.database_url)), source, ValidationPolicy()).backfill(
+        resolve_symbols(s, source), minutes / 1440, end_ms=floor_minute(now_ms()) - 5 * MINUTE_MS
+    )
+    assert report.ok
+    yield s
+    reset_settings_cache()
+
+
+def test_replay_prints_signals_and_stores_each_minute_once(workspace: Settings) -> None:
+    first = floor_minute(now_ms()) - 8 * MINUTE_MS
+    args = ["run", "--replay", "--minutes", "2", "--start", iso_minute(first)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "replayed 2 minutes" in result.output
+    assert result.output.count(" done: 4 signals") == 2
+    symbols = resolve_symbols(workspace, make_source(workspace))
+    assert all(symbol[:10] in result.output for symbol in symbols)
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count(": duplicate") == 2
+    assert "nothing new" in again.output
+    with db.get_engine(workspace.database_url).connect() as conn:
+        signals = conn.execute(SignalRecord.__table__.select()).fetchall()
+        runs = conn.execute(PipelineRun.__table__.select()).fetchall()
+    assert len(signals) == 2 * N_SYMBOLS
+    assert len(runs) == 2

@@ -1,0 +1,39 @@
+"""Shared helpers for the model, registry, predictor and CLI tests (no tests here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ml.features import FEATURE_SPEC
+from ml.model import ModelConfig, UnifiedPatchTST, build_model
+from ml.registry import Registry
+from ml.scaling import RobustScaler
+
+
+def random_model(seed: int = 0, temperature: float = 1.3) -> UnifiedPatchTST:
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig())
+    for head in (model.returns_head, model.direction_head, model.risk_head):
+        torch.nn.init.normal_(head[-1].weight, std=0.2)
+    with torch.no_grad():
+        model.log_temperature.fill_(float(np.log(temperature)))
+    return model.eval()
+
+
+def random_scaler(seed: int = 0) -> RobustScaler:
+    rows = np.random.default_rng(seed).normal(size=(64, FEATURE_SPEC.n_features))
+    return RobustScaler.fit(rows)
+
+
+def register_random(registry: Registry, seed: int = 0) -> str:
+    training = {"symbols": ["BTC/USDT:USDT"], "candles": {"start": "a", "end": "b"}, "seed": seed}
+    version, _ = registry.register(random_model(seed), random_scaler(seed), training, {"note": seed})
+    return version
+
+
+def make_registry(path: Path, n: int = 1) -> tuple[Registry, list[str]]:
+    registry = Registry(path)
+    return registry, [register_random(registry, seed) for seed in range(n)]
