@@ -49,3 +49,11 @@ class DataValidationError(PermanentError):
 
 class FileFormatError(PermanentError):
     """An imported file lacks the documented columns or cannot be parsed."""
+
+
+class BrokerUnavailableError(TemporaryError):
+    """The broker could not be reached, or an order's outcome is not known yet: retry (reconciling)."""
+
+
+class OrderRejectedError(PermanentError):
+    """The exchange refused an order (insufficient funds, invalid order, unknown symbol)."""

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -137,6 +137,46 @@ class PipelineSettings(BaseModel):
     channel: str = "signals"
 
 
+class MarketRuleSettings(BaseModel):
+    """A paper market's order rules (live trading reads them from the exchange instead)."""
+
+    qty_step: float = Field(0.001, gt=0.0)
+    min_qty: float = Field(0.0, ge=0.0)
+    min_notional: float = Field(5.0, ge=0.0)
+
+
+class TradingSettings(BaseModel):
+    """Order execution: sizing, risk limits, paper and live brokers (docs/TRADING.md)."""
+
+    mode: Literal["paper", "live"] = "paper"
+    currency: str = "USDT"
+    # -- paper broker
+    paper_balance: float = Field(10_000.0, gt=0.0)
+    fee_bps: float = Field(5.5, ge=0.0)
+    slippage_bps: float = Field(2.0, ge=0.0)
+    paper_market: MarketRuleSettings = MarketRuleSettings()
+    # Per-symbol overrides of ``paper_market``, e.g. {"BTC/USDT:USDT": {"qty_step": 0.001}}.
+    paper_markets: dict[str, MarketRuleSettings] = Field(default_factory=dict)
+    # -- sizing
+    risk_per_trade: float = Field(0.005, gt=0.0, le=0.1)
+    # Confidence scale: min_scale at the confidence threshold, rising linearly to 1 at confidence 1.
+    confidence_min_scale: float = Field(0.5, ge=0.0, le=1.0)
+    max_leverage: float = Field(2.0, gt=0.0)
+    # -- risk limits (exposures are multiples of equity; 0 disables a count or cooldown limit)
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0)  # None: the signals' threshold
+    max_open_positions: int = Field(10, ge=0)
+    max_exposure_total: float = Field(6.0, gt=0.0)
+    max_exposure_per_symbol: float = Field(2.0, gt=0.0)
+    cooldown_minutes: int = Field(15, ge=0)
+    daily_loss_limit: float = Field(0.03, gt=0.0, le=1.0)
+    # -- live broker (keys only from the environment or ``secrets_file``; never in task arguments)
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    secrets_file: Path | None = None
+    max_retries: int = Field(5, ge=0)
+    retry_base_delay_s: float = Field(1.0, ge=0.0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -159,6 +199,7 @@ class Settings(BaseSettings):
     decoding: DecodingSettings = DecodingSettings()
     celery: CelerySettings = CelerySettings()
     pipeline: PipelineSettings = PipelineSettings()
+    trading: TradingSettings = TradingSettings()
 
     @field_validator("log_level")
     @classmethod

@@ -219,3 +219,125 @@ class OrderIntent(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TradingAccount(Base):
+    """One row per execution mode (``paper``, ``live``): cash, the day's start, the kill switch.
+
+    Every account-level decision (risk checks, sizing, fills) runs while holding this row's lock, so
+    that concurrent order workers never decide on the same state twice.
+    """
+
+    __tablename__ = "trading_accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(16), unique=True)
+    currency: Mapped[str] = mapped_column(String(16))
+    initial_balance: Mapped[float] = mapped_column(Double)
+    # Cash: the initial balance plus realised PnL minus fees (live: the exchange's wallet balance).
+    balance: Mapped[float] = mapped_column(Double)
+    equity: Mapped[float] = mapped_column(Double)
+    day_start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    day_start_equity: Mapped[float] = mapped_column(Double)
+    halted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    halt_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    halted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Paper: candles with open time before this were processed (fills, stop-loss, take-profit).
+    ticked_to_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Bumped by every transaction that holds the lock: a process may reuse what it read of the
+    # account's positions and orders while nobody else has changed them.
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TradingOrder(Base):
+    """An order of either broker; the client order id is unique here and on the exchange."""
+
+    __tablename__ = "trading_orders"
+    __table_args__ = (
+        Index("ix_trading_orders_account_status", "account", "status"),
+        Index("ix_trading_orders_account_symbol", "account", "symbol"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    intent_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    account: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(64))
+    side: Mapped[str] = mapped_column(String(4))
+    purpose: Mapped[str] = mapped_column(String(16))
+    qty: Mapped[float] = mapped_column(Double)
+    ref_price: Mapped[float] = mapped_column(Double)
+    stop_loss: Mapped[float | None] = mapped_column(Double, nullable=True)
+    take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signal_minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    position_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    exchange_order_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    filled_qty: Mapped[float] = mapped_column(Double, default=0.0)
+    avg_price: Mapped[float | None] = mapped_column(Double, nullable=True)
+    fee: Mapped[float] = mapped_column(Double, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    filled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TradingPosition(Base):
+    """One entry and its exit (stop-loss, take-profit, opposite signal); PnL in the quote currency."""
+
+    __tablename__ = "trading_positions"
+    __table_args__ = (
+        Index("ix_trading_positions_account_status", "account", "status"),
+        Index("ix_trading_positions_account_symbol", "account", "symbol"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(64))
+    side: Mapped[str] = mapped_column(String(8))
+    qty: Mapped[float] = mapped_column(Double)
+    entry_price: Mapped[float] = mapped_column(Double)
+    stop_loss: Mapped[float | None] = mapped_column(Double, nullable=True)
+    take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    entry_order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    exit_order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    signal_minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    exit_price: Mapped[float | None] = mapped_column(Double, nullable=True)
+    exit_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mark_price: Mapped[float] = mapped_column(Double)
+    unrealised_pnl: Mapped[float] = mapped_column(Double, default=0.0)
+    # Net of both fees once closed; while open, minus the entry fee.
+    realised_pnl: Mapped[float] = mapped_column(Double, default=0.0)
+    fees: Mapped[float] = mapped_column(Double, default=0.0)
+    # Stop-loss and take-profit were checked against every candle up to this open time.
+    checked_through_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TradingFill(Base):
+    """An execution: one per order (paper fills whole; live records the order's final average)."""
+
+    __tablename__ = "trading_fills"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    account: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(64), index=True)
+    side: Mapped[str] = mapped_column(String(4))
+    qty: Mapped[float] = mapped_column(Double)
+    price: Mapped[float] = mapped_column(Double)
+    fee: Mapped[float] = mapped_column(Double)
+    # Gross PnL this fill realised (closing fills); fees are in ``fee``.
+    realised_pnl: Mapped[float] = mapped_column(Double, default=0.0)
+    kind: Mapped[str] = mapped_column(String(32))
+    candle_open_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    filled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

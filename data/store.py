@@ -7,7 +7,7 @@ temporary table and one ``INSERT … SELECT``; SQLite uses one ``executemany``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -222,6 +222,36 @@ class CandleStore:
             frame[col] = frame[col].astype(np.float64)
         frame["is_filled"] = frame["is_filled"].astype(bool)
         return frame
+
+    def candles_since(
+        self, exchange: str, starts: Mapping[str, int], end_ms: int
+    ) -> dict[str, list[tuple[int, float, float, float, float]]]:
+        """Per symbol, ``(open_time, open, high, low, close)`` of ``starts[symbol] <= open_time < end_ms``.
+
+        One query for all symbols: the paper broker's per-minute step reads every symbol it holds.
+        """
+        if not starts:
+            return {}
+        stmt = text(
+            "SELECT symbol, open_time, open, high, low, close FROM raw_market_data "
+            "WHERE exchange = :exchange AND interval = :interval AND symbol IN :symbols "
+            "AND open_time >= :start AND open_time < :end ORDER BY symbol, open_time"
+        ).bindparams(bindparam("symbols", expanding=True))
+        params = {
+            "exchange": exchange,
+            "interval": INTERVAL,
+            "symbols": sorted(starts),
+            "start": min(starts.values()),
+            "end": end_ms,
+        }
+        out: dict[str, list[tuple[int, float, float, float, float]]] = {s: [] for s in starts}
+        with self.engine.connect() as conn:
+            for r in conn.execute(stmt, params):
+                if int(r.open_time) >= starts[r.symbol]:
+                    out[r.symbol].append(
+                        (int(r.open_time), float(r.open), float(r.high), float(r.low), float(r.close))
+                    )
+        return out
 
     def symbols(self, exchange: str) -> list[str]:
         stmt = text("SELECT DISTINCT symbol FROM raw_market_data WHERE exchange = :exchange ORDER BY symbol")

@@ -44,6 +44,9 @@ def publish(
     published = publish_pending(rt.signals, rt.bus, settings, when, model_version)
     pending = rt.signals.orders_pending(when, model_version)
     orders_expire = datetime.fromisoformat(expires) if expires else deadline(settings, minute)
+    # Before the intents: the paper broker fills earlier orders and checks stops on the candles
+    # that closed since the last minute (idempotent per minute: a redelivered publish is harmless).
+    ticked = app.send_task("tasks.orders.tick", args=(minute,), expires=orders_expire)
     order_tasks: list[str] = []
     for row in pending:
         intent = OrderIntentMessage(
@@ -57,6 +60,8 @@ def publish(
             entry_price=row.entry_price,
             stop_loss=row.stop_loss,
             take_profit=row.take_profit,
+            # A replayed minute's signals expired long ago: its intents live as long as its tasks.
+            expires_at=max(_aware(row.expires_at), orders_expire),
         )
         sent = app.send_task(
             "tasks.orders.execute", args=(intent.model_dump(mode="json"),), expires=orders_expire
@@ -101,7 +106,17 @@ def publish(
     log.info(
         "minute published", minute=minute, signals=len(all_rows), published=published, orders=len(pending)
     )
-    return {"minute": minute, "signals": len(all_rows), "published": published, "order_tasks": order_tasks}
+    return {
+        "minute": minute,
+        "signals": len(all_rows),
+        "published": published,
+        "order_tasks": order_tasks,
+        "tick_task": ticked.id,
+    }
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 def _rows(doc: dict[str, Any]) -> dict[str, Any]:

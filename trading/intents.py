@@ -8,9 +8,9 @@ constraint on ``order_intents.client_order_id`` (and the exchange's own) makes t
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def client_order_id(symbol: str, minute: datetime, model_version: str) -> str:
@@ -34,3 +34,13 @@ class OrderIntentMessage(BaseModel):
     entry_price: float = Field(gt=0.0)
     stop_loss: float | None = None
     take_profit: float | None = None
+    # The intent is refused after this instant (the signal's expiry; see tasks.signals.publish).
+    expires_at: datetime | None = None
+
+    @field_validator("minute", "expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands the signal's times back without their zone; every time here is UTC.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value

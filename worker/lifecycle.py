@@ -31,6 +31,8 @@ def _preload_model(sender: Any = None, **_kwargs: Any) -> None:
     configure_logging(settings.log_level, settings.log_json)
     app = getattr(sender, "app", None)
     queues = set(app.amqp.queues.consume_from or ()) if app is not None else set()
+    if Queue.ORDERS.value in queues and settings.trading.mode == "live":
+        _reconcile_live()
     if Queue.INFERENCE.value not in queues:
         return
     try:
@@ -38,3 +40,13 @@ def _preload_model(sender: Any = None, **_kwargs: Any) -> None:
         log.info("model loaded", model=description)
     except Exception as exc:  # a worker without a model still starts; tasks report the reason
         log.error("model not loaded at start", error=f"{type(exc).__name__}: {exc}")
+
+
+def _reconcile_live() -> None:
+    """An orders worker trading live first brings open orders, positions and cash in line with the
+    exchange: orders of a worker that died mid-send are looked up before anything is resent."""
+    try:
+        report = get_runtime().trader().reconcile()
+        log.info("live account reconciled at start", **report)
+    except Exception as exc:  # the worker still starts; the first intent reconciles again
+        log.error("live reconciliation at start failed", error=f"{type(exc).__name__}: {exc}")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from ml.features.live import Scaler
     from ml.minute import ModelOutputs
+    from trading.executor import Trader
 
 
 class ModelServer(Protocol):
@@ -54,7 +55,9 @@ class Runtime:
     ledger: RunLedger
     signals: SignalStore
     models: ModelServer | None = None
+    trading: Trader | None = None
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
+    _trading_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def symbols(self) -> list[str]:
         return resolve_symbols(self.settings, self.source)
@@ -67,6 +70,15 @@ class Runtime:
 
                 self.models = RegistryModelServer(self.settings)
             return self.models
+
+    def trader(self) -> Trader:
+        """The order executor of ``trading.mode`` (live: the exchange client and its keys), built once."""
+        with self._trading_lock:
+            if self.trading is None:
+                from trading.factory import build_trader
+
+                self.trading = build_trader(self.settings, self.store, self.source.name)
+            return self.trading
 
     def champion_version(self) -> str | None:
         return self.model_server().champion_version()

@@ -22,8 +22,24 @@ endpoints later). Built in:
     ``BadSymbol``. Only ``interval=1`` is served.
 ``GET /v5/market/time``
 
+Private endpoints (trading; signed requests are accepted, signatures are not verified, the API key
+header is recorded with each request) act on one simulated unified account (``BybitAccount``):
+
+``POST /v5/order/create``
+    Market orders fill at once at the symbol's newest candle close (fee ``taker_fee_bps``); limit
+    orders rest as ``New``. ``orderLinkId`` is unique per account as on Bybit: a second create with
+    the same id answers retCode 110072 "OrderLinkedID is duplicate" (ccxt: ``InvalidOrder``).
+``POST /v5/order/cancel``, ``GET /v5/order/realtime`` (open orders), ``GET /v5/order/history``
+    (filled, cancelled and rejected orders), each filtered by ``orderId`` / ``orderLinkId`` / ``symbol``.
+``GET /v5/position/list``, ``GET /v5/account/wallet-balance``
+    One-way (netted) positions per symbol marked at the newest close; the USDT wallet.
+``GET /v5/user/query-api``, ``GET /v5/account/info``, ``GET /v5/asset/coin/query-info``
+    What ccxt asks before its first private call: a UTA 2.0 account.
+
 Faults: ``server.inject(Fault.rate_limit(), times=2)`` makes the next two requests to a path (kline by
-default) answer with the fault instead. ``server.requests(path)`` is the request log.
+default) answer with the fault instead. ``Fault.lost_reply()`` / ``Fault.slow_reply(s)`` run the handler
+first (the order *is* recorded) and then answer 500 or too late: an unknown outcome for the client.
+``server.requests(path)`` is the request log.
 """
 
 from __future__ import annotations
@@ -46,6 +62,16 @@ from core.timegrid import MINUTE_MS, floor_minute, now_ms
 KLINE_PATH = "/v5/market/kline"
 INSTRUMENTS_PATH = "/v5/market/instruments-info"
 TIME_PATH = "/v5/market/time"
+ORDER_CREATE_PATH = "/v5/order/create"
+ORDER_CANCEL_PATH = "/v5/order/cancel"
+ORDER_REALTIME_PATH = "/v5/order/realtime"
+ORDER_HISTORY_PATH = "/v5/order/history"
+POSITION_LIST_PATH = "/v5/position/list"
+WALLET_BALANCE_PATH = "/v5/account/wallet-balance"
+QUERY_API_PATH = "/v5/user/query-api"
+ACCOUNT_INFO_PATH = "/v5/account/info"
+COIN_INFO_PATH = "/v5/asset/coin/query-info"
+OPEN_STATUSES = frozenset({"New", "PartiallyFilled", "Untriggered"})
 DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 QUOTE = "USDT"
 KLINE_DEFAULT_LIMIT = 200
@@ -58,6 +84,11 @@ class Request:
     path: str
     params: dict[str, str]
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        loaded = json.loads(self.body or b"{}")
+        return loaded if isinstance(loaded, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -71,11 +102,16 @@ Handler = Callable[[Request], Reply]
 
 @dataclass(frozen=True)
 class Fault:
-    """One scripted answer. ``body=None`` means: wait ``delay_s``, then answer normally."""
+    """One scripted answer. ``body=None`` means: wait ``delay_s``, then answer normally.
+
+    ``after_handler``: the request is handled first (its effects happen), then the fault replaces the
+    answer: the client cannot tell whether its request took effect.
+    """
 
     status: int = 200
     body: dict[str, Any] | str | None = None
     delay_s: float = 0.0
+    after_handler: bool = False
 
     @classmethod
     def rate_limit(cls, http_status: int = 429) -> Fault:
@@ -94,6 +130,20 @@ class Fault:
     @classmethod
     def delay(cls, seconds: float) -> Fault:
         return cls(delay_s=seconds)
+
+    @classmethod
+    def lost_reply(cls, status: int = 500) -> Fault:
+        """The request takes effect, then the server answers an HTTP error (ccxt: a NetworkError)."""
+        return cls(
+            status=status,
+            body=f"<html><body><h1>{status} Internal Server Error</h1></body></html>",
+            after_handler=True,
+        )
+
+    @classmethod
+    def slow_reply(cls, seconds: float) -> Fault:
+        """The request takes effect, the answer comes after ``seconds`` (past the client's timeout)."""
+        return cls(delay_s=seconds, after_handler=True)
 
 
 def _envelope(result: dict[str, Any], ret_code: int = 0, ret_msg: str = "OK") -> dict[str, Any]:
@@ -152,12 +202,123 @@ def _instrument(symbol: str, status: str) -> dict[str, Any]:
     }
 
 
+def _num(value: float) -> str:
+    return f"{value:.10g}"
+
+
+@dataclass
+class FakeOrder:
+    """One order as Bybit's order endpoints describe it (``to_bybit``)."""
+
+    order_id: str
+    link_id: str
+    symbol: str
+    side: str  # "Buy" / "Sell"
+    order_type: str  # "Market" / "Limit"
+    qty: float
+    price: float
+    status: str
+    created_ms: int
+    reduce_only: bool = False
+    stop_loss: str = ""
+    take_profit: str = ""
+    avg_price: float = 0.0
+    filled: float = 0.0
+    fee: float = 0.0
+    reject_reason: str = "EC_NoError"
+
+    def to_bybit(self) -> dict[str, Any]:
+        return {
+            "orderId": self.order_id,
+            "orderLinkId": self.link_id,
+            "blockTradeId": "",
+            "symbol": self.symbol,
+            "price": _num(self.price) if self.order_type == "Limit" else "0",
+            "qty": _num(self.qty),
+            "side": self.side,
+            "isLeverage": "",
+            "positionIdx": 0,
+            "orderStatus": self.status,
+            "cancelType": "UNKNOWN",
+            "rejectReason": self.reject_reason,
+            "avgPrice": _num(self.avg_price) if self.filled else "",
+            "leavesQty": _num(self.qty - self.filled) if self.status in OPEN_STATUSES else "0",
+            "leavesValue": "0",
+            "cumExecQty": _num(self.filled),
+            "cumExecValue": _num(self.filled * self.avg_price),
+            "cumExecFee": _num(self.fee),
+            "cumFeeDetail": {QUOTE: _num(self.fee)} if self.fee else {},
+            "timeInForce": "IOC" if self.order_type == "Market" else "GTC",
+            "orderType": self.order_type,
+            "stopOrderType": "",
+            "orderIv": "",
+            "triggerPrice": "",
+            "takeProfit": self.take_profit,
+            "stopLoss": self.stop_loss,
+            "tpslMode": "Full" if (self.take_profit or self.stop_loss) else "",
+            "tpLimitPrice": "",
+            "slLimitPrice": "",
+            "tpTriggerBy": "",
+            "slTriggerBy": "",
+            "triggerDirection": 0,
+            "triggerBy": "",
+            "lastPriceOnCreated": "",
+            "reduceOnly": self.reduce_only,
+            "closeOnTrigger": False,
+            "smpType": "None",
+            "smpGroup": 0,
+            "smpOrderId": "",
+            "createdTime": str(self.created_ms),
+            "updatedTime": str(self.created_ms),
+        }
+
+
+@dataclass
+class FakePosition:
+    size: float = 0.0  # signed: > 0 long, < 0 short
+    avg_price: float = 0.0
+    stop_loss: str = ""
+    take_profit: str = ""
+
+
+@dataclass
+class BybitAccount:
+    """The simulated unified trading account behind the private endpoints."""
+
+    wallet: float = 100_000.0
+    taker_fee_bps: float = 5.5
+    orders: dict[str, FakeOrder] = field(default_factory=dict)
+    by_link: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, FakePosition] = field(default_factory=dict)
+    realised: float = 0.0
+    next_id: int = 1
+
+    def apply_fill(self, symbol: str, side: str, qty: float, price: float) -> None:
+        signed = qty if side == "Buy" else -qty
+        pos = self.positions.setdefault(symbol, FakePosition())
+        if pos.size == 0 or (pos.size > 0) == (signed > 0):
+            total = abs(pos.size) + qty
+            pos.avg_price = (pos.avg_price * abs(pos.size) + price * qty) / total
+            pos.size += signed
+            return
+        closing = min(qty, abs(pos.size))
+        pnl = (price - pos.avg_price) * closing * (1 if pos.size > 0 else -1)
+        self.realised += pnl
+        self.wallet += pnl
+        pos.size += signed
+        if abs(pos.size) < 1e-12:
+            self.positions.pop(symbol, None)
+        elif (pos.size > 0) == (signed > 0):  # flipped through zero: the rest opens at this price
+            pos.avg_price = price
+
+
 @dataclass
 class _State:
     faults: dict[str, deque[Fault]] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     injected: dict[str, dict[int, list[str]]] = field(default_factory=dict)
+    account: BybitAccount = field(default_factory=BybitAccount)
 
 
 class FakeExchangeServer:
@@ -186,6 +347,15 @@ class FakeExchangeServer:
             ("GET", INSTRUMENTS_PATH): self._instruments,
             ("GET", KLINE_PATH): self._kline,
             ("GET", TIME_PATH): self._time,
+            ("POST", ORDER_CREATE_PATH): self._order_create,
+            ("POST", ORDER_CANCEL_PATH): self._order_cancel,
+            ("GET", ORDER_REALTIME_PATH): self._order_realtime,
+            ("GET", ORDER_HISTORY_PATH): self._order_history,
+            ("GET", POSITION_LIST_PATH): self._position_list,
+            ("GET", WALLET_BALANCE_PATH): self._wallet_balance,
+            ("GET", QUERY_API_PATH): self._query_api,
+            ("GET", ACCOUNT_INFO_PATH): self._account_info,
+            ("GET", COIN_INFO_PATH): self._coin_info,
         }
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -236,6 +406,24 @@ class FakeExchangeServer:
             table[int(row[0])] = [str(int(row[0])), *values]
         with self._lock:
             self._state.injected[symbol] = table
+
+    @property
+    def account(self) -> BybitAccount:
+        """The simulated trading account (read it under no lock only when the server is idle)."""
+        return self._state.account
+
+    def set_wallet(self, usdt: float) -> None:
+        with self._lock:
+            self._state.account.wallet = usdt
+
+    def exchange_orders(self) -> list[FakeOrder]:
+        with self._lock:
+            return list(self._state.account.orders.values())
+
+    def last_price(self, symbol: str) -> float:
+        """The newest candle's close: what a market order of ``symbol`` (Bybit id) fills at now."""
+        newest = self._newest_ms()
+        return float(self._row(symbol, newest)[4])
 
     def requests(self, path: str | None = None) -> list[Request]:
         with self._lock:
@@ -331,6 +519,175 @@ class FakeExchangeServer:
         now = self.clock()
         return Reply(200, _envelope({"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)}))
 
+    # -- private routes (trading) ------------------------------------------------------------------
+
+    def _order_create(self, request: Request) -> Reply:
+        body = request.json()
+        symbol = str(body.get("symbol", ""))
+        if body.get("category") != "linear" or symbol not in self.symbols:
+            return Reply(200, _envelope({}, ret_code=10001, ret_msg="params error: symbol invalid"))
+        link = str(body.get("orderLinkId", ""))
+        order_type = str(body.get("orderType", "Market"))
+        qty = float(body.get("qty", 0) or 0)
+        if qty <= 0:
+            return Reply(200, _envelope({}, ret_code=10001, ret_msg="params error: qty invalid"))
+        price = self.last_price(symbol)
+        with self._lock:
+            acct = self._state.account
+            if link and link in acct.by_link:
+                return Reply(200, _envelope({}, ret_code=110072, ret_msg="OrderLinkedID is duplicate"))
+            order = FakeOrder(
+                order_id=f"{acct.next_id:019d}",
+                link_id=link,
+                symbol=symbol,
+                side=str(body.get("side", "Buy")),
+                order_type=order_type,
+                qty=qty,
+                price=float(body.get("price") or 0.0),
+                status="New",
+                created_ms=self.clock(),
+                reduce_only=bool(body.get("reduceOnly", False)),
+                stop_loss=str(body.get("stopLoss", "") or ""),
+                take_profit=str(body.get("takeProfit", "") or ""),
+            )
+            acct.next_id += 1
+            if order_type == "Market":
+                order.status, order.avg_price, order.filled = "Filled", price, qty
+                order.fee = price * qty * acct.taker_fee_bps / 10_000
+                acct.wallet -= order.fee
+                acct.apply_fill(symbol, order.side, qty, price)
+                if not order.reduce_only and symbol in acct.positions:
+                    acct.positions[symbol].stop_loss = order.stop_loss
+                    acct.positions[symbol].take_profit = order.take_profit
+            acct.orders[order.order_id] = order
+            if link:
+                acct.by_link[link] = order.order_id
+        return Reply(200, _envelope({"orderId": order.order_id, "orderLinkId": link}))
+
+    def _order_cancel(self, request: Request) -> Reply:
+        body = request.json()
+        with self._lock:
+            acct = self._state.account
+            order_id = str(body.get("orderId") or acct.by_link.get(str(body.get("orderLinkId", "")), ""))
+            order = acct.orders.get(order_id)
+            if order is None or order.status not in OPEN_STATUSES:
+                return Reply(
+                    200, _envelope({}, ret_code=110001, ret_msg="order not exists or too late to cancel")
+                )
+            order.status = "Cancelled"
+        return Reply(200, _envelope({"orderId": order.order_id, "orderLinkId": order.link_id}))
+
+    def _matching(self, params: dict[str, str], statuses: Callable[[str], bool]) -> list[dict[str, Any]]:
+        with self._lock:
+            orders = list(self._state.account.orders.values())
+        wanted_status = params.get("orderStatus")
+        out = []
+        for order in sorted(orders, key=lambda o: o.order_id, reverse=True):
+            if not statuses(order.status):
+                continue
+            if params.get("symbol") and order.symbol != params["symbol"]:
+                continue
+            if params.get("orderId") and order.order_id != params["orderId"]:
+                continue
+            if params.get("orderLinkId") and order.link_id != params["orderLinkId"]:
+                continue
+            if wanted_status and order.status != wanted_status:
+                continue
+            out.append(order.to_bybit())
+        return out[: int(params.get("limit", 50))]
+
+    def _order_realtime(self, request: Request) -> Reply:
+        rows = self._matching(request.params, lambda status: status in OPEN_STATUSES)
+        return Reply(200, _envelope({"category": "linear", "list": rows, "nextPageCursor": ""}))
+
+    def _order_history(self, request: Request) -> Reply:
+        rows = self._matching(request.params, lambda status: status not in OPEN_STATUSES)
+        return Reply(200, _envelope({"category": "linear", "list": rows, "nextPageCursor": ""}))
+
+    def _position_list(self, request: Request) -> Reply:
+        with self._lock:
+            held = dict(self._state.account.positions)
+        rows = []
+        for symbol, pos in sorted(held.items()):
+            if request.params.get("symbol") and symbol != request.params["symbol"]:
+                continue
+            mark = self.last_price(symbol)
+            size = abs(pos.size)
+            rows.append(
+                {
+                    "positionIdx": 0,
+                    "riskId": 1,
+                    "riskLimitValue": "2000000",
+                    "symbol": symbol,
+                    "side": "Buy" if pos.size > 0 else "Sell",
+                    "size": _num(size),
+                    "avgPrice": _num(pos.avg_price),
+                    "positionValue": _num(size * pos.avg_price),
+                    "tradeMode": 0,
+                    "autoAddMargin": 0,
+                    "positionStatus": "Normal",
+                    "leverage": "10",
+                    "markPrice": _num(mark),
+                    "liqPrice": "",
+                    "bustPrice": "",
+                    "positionIM": _num(size * pos.avg_price / 10),
+                    "positionMM": "0",
+                    "positionBalance": "0",
+                    "takeProfit": pos.take_profit,
+                    "stopLoss": pos.stop_loss,
+                    "trailingStop": "0",
+                    "unrealisedPnl": _num((mark - pos.avg_price) * pos.size),
+                    "curRealisedPnl": "0",
+                    "cumRealisedPnl": "0",
+                    "adlRankIndicator": 2,
+                    "isReduceOnly": False,
+                    "createdTime": str(self.clock()),
+                    "updatedTime": str(self.clock()),
+                    "seq": 1,
+                }
+            )
+        return Reply(200, _envelope({"category": "linear", "list": rows, "nextPageCursor": ""}))
+
+    def _wallet_balance(self, request: Request) -> Reply:
+        with self._lock:
+            acct = self._state.account
+            wallet = acct.wallet
+            held = dict(acct.positions)
+        unrealised = sum((self.last_price(s) - p.avg_price) * p.size for s, p in held.items())
+        equity = wallet + unrealised
+        coin = {
+            "coin": QUOTE,
+            "equity": _num(equity),
+            "usdValue": _num(equity),
+            "walletBalance": _num(wallet),
+            "locked": "0",
+            "totalPositionIM": "0",
+            "totalOrderIM": "0",
+            "unrealisedPnl": _num(unrealised),
+            "cumRealisedPnl": _num(acct.realised),
+            "borrowAmount": "",
+            "accruedInterest": "",
+        }
+        row = {
+            "accountType": "UNIFIED",
+            "totalEquity": _num(equity),
+            "totalWalletBalance": _num(wallet),
+            "totalAvailableBalance": _num(wallet),
+            "totalMarginBalance": _num(equity),
+            "coin": [coin],
+        }
+        return Reply(200, _envelope({"list": [row]}))
+
+    def _query_api(self, request: Request) -> Reply:
+        return Reply(200, _envelope({"id": "1", "readOnly": 0, "unified": 0, "uta": 1, "isMaster": True}))
+
+    def _account_info(self, request: Request) -> Reply:
+        return Reply(200, _envelope({"marginMode": "REGULAR_MARGIN", "unifiedMarginStatus": 6}))
+
+    def _coin_info(self, request: Request) -> Reply:
+        row = {"name": QUOTE, "coin": QUOTE, "remainAmount": "1000000", "chains": []}
+        return Reply(200, _envelope({"rows": [row]}))
+
     # -- HTTP plumbing -----------------------------------------------------------------------------
 
     def _answer(self, request: Request) -> Reply:
@@ -338,11 +695,20 @@ class FakeExchangeServer:
             self._state.log.append(request)
             queue = self._state.faults.get(request.path)
             fault = queue.popleft() if queue else None
-        if fault is not None:
+        if fault is not None and not fault.after_handler:
             if fault.delay_s:
                 self._stopping.wait(fault.delay_s)
             if fault.body is not None:
                 return Reply(fault.status, fault.body)
+        reply = self._handle(request)
+        if fault is not None and fault.after_handler:
+            if fault.delay_s:
+                self._stopping.wait(fault.delay_s)
+            if fault.body is not None:
+                return Reply(fault.status, fault.body)
+        return reply
+
+    def _handle(self, request: Request) -> Reply:
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             return Reply(404, "Not Found")
@@ -367,7 +733,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request = Request(
-            self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)), body
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query, keep_blank_values=True)),
+            body,
+            {k: v for k, v in self.headers.items()},
         )
         reply = self.server.app._answer(request)
         if isinstance(reply.body, str):

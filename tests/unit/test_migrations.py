@@ -18,6 +18,10 @@ TABLES = {
     "signals",
     "ml_predictions",
     "order_intents",
+    "trading_accounts",
+    "trading_orders",
+    "trading_positions",
+    "trading_fills",
 }
 
 
