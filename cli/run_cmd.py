@@ -84,13 +84,19 @@ def run(
     ),
 ) -> None:
     """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
-    from ml.bootstrap import ensure_champion
+    from ml.bootstrap import ensure_champion, ensure_live_history
     from worker.embedded import embedded_runtime
 
     s = settings()
     if symbols:
         s.data.universe_size = symbols
     ensure_champion(s, console=console)
+    history = ensure_live_history(s)
+    if history.failed:
+        names = ", ".join(sorted(history.failed))
+        console.print(
+            f"no usable history for {len(history.failed)} symbols (quarantined): {names}", highlight=False
+        )
     if replay:
         count = minutes or 10
         first = parse_minute(start) if start else floor_minute(now_ms()) - count * MINUTE_MS

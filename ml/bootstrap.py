@@ -10,6 +10,7 @@ With the defaults this takes a few minutes on 2 CPU cores (docs/MODEL.md).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -19,10 +20,11 @@ from core.errors import ConfigError
 from core.logging import get_logger
 from core.settings import Settings
 from data import db
-from data.ingest import Ingestor
+from data.ingest import Ingestor, IngestReport
 from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
 from data.validation import ValidationPolicy
+from ml.features import FEATURE_SPEC
 from ml.jobs import TrainOutcome, registry_for, train_version
 from ml.progress import LogProgress, Progress, RichProgress
 from ml.registry import Registry, RegistryError
@@ -55,6 +57,25 @@ def open_store(settings: Settings) -> CandleStore:
     elif db.current_revision(url) != db.head_revision():
         raise ConfigError("database schema is not at head: run `mlsignals db upgrade` before the first run")
     return CandleStore(db.get_engine(url))
+
+
+def live_history_days(settings: Settings) -> float:
+    """Days of 1-minute candles a live minute reads: the feature window of anchored bars, plus one
+    bar for the anchor phase and an hour for candles still missing at the newest edge."""
+    minutes = (FEATURE_SPEC.window + 1) * settings.data.bar_minutes + 60
+    return math.ceil(minutes / 1440 * 4) / 4
+
+
+def ensure_live_history(settings: Settings, *, store: CandleStore | None = None) -> IngestReport:
+    """Backfill the live window for every configured symbol (idempotent: complete days are skipped),
+    so a run on a new database, or with more symbols than the first-run training used, has the
+    history its minutes need instead of failing each symbol with "insufficient history"."""
+    store = store or open_store(settings)
+    source = make_source(settings)
+    policy = ValidationPolicy.from_settings(settings)
+    return Ingestor(store, source, policy).backfill(
+        resolve_symbols(settings, source), live_history_days(settings)
+    )
 
 
 def ensure_champion(

@@ -1,5 +1,6 @@
 """``mlsignals run``: the README's main job, through the CLI, on the embedded default (SQLite, simulator,
-in-process broker and workers) with a champion in the registry."""
+in-process broker and workers) with a champion in the registry and an empty database: the command
+backfills the live window itself."""
 
 from __future__ import annotations
 
@@ -13,12 +14,8 @@ from cli.main import app
 from core.settings import Settings, reset_settings_cache
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
-from data.ingest import Ingestor
 from data.models import PipelineRun, SignalRecord
 from data.sources.factory import make_source, resolve_symbols
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from tests.unit.test_model_common import make_registry
 
 N_SYMBOLS = 4
@@ -37,13 +34,6 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
     reset_settings_cache()
     s = Settings()
     make_registry(tmp_path / "models")
-    db.upgrade(s.database_url)
-    source = make_source(s)
-    minutes = FEATURE_SPEC.window * s.data.bar_minutes + 30
-    report = Ingestor(CandleStore(db.get_engine(s.database_url)), source, ValidationPolicy()).backfill(
-        resolve_symbols(s, source), minutes / 1440, end_ms=floor_minute(now_ms()) - 5 * MINUTE_MS
-    )
-    assert report.ok
     yield s
     reset_settings_cache()
 
