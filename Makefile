@@ -33,7 +33,12 @@ test: $(STAMP) services
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80
 
 bench: $(STAMP) services
+	$(BIN)/python -m benchmarks.bench_simulator
 	$(BIN)/python -m benchmarks.bench_ingest
+	$(BIN)/python -m benchmarks.bench_features
+	$(BIN)/python -m benchmarks.bench_model
+	$(BIN)/python -m benchmarks.bench_pipeline --symbols 50 100 500 --minutes 10
+	$(BIN)/python -m benchmarks.bench_orders
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
