@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import clean_errors, console, ready_store, settings
-from trading.executor import aware, set_halted
+from core.timegrid import as_utc
+from trading.executor import set_halted
 from trading.report import account_status, recent_fills, recent_intents, recent_orders
 from trading.risk import RiskLimits
 
@@ -17,7 +18,7 @@ app = typer.Typer(help="Orders, positions, PnL and the kill switch.", no_args_is
 
 
 def _t(value: datetime | None) -> str:
-    return "-" if value is None else f"{aware(value):%Y-%m-%d %H:%M}"
+    return "-" if value is None else f"{as_utc(value):%Y-%m-%d %H:%M}"
 
 
 def _n(value: float | None, digits: int = 6) -> str:

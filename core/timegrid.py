@@ -30,6 +30,11 @@ def dt_to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def as_utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
 def parse_minute(value: str) -> int:
     """Parse an ISO minute such as ``2026-11-24T10:31:00Z``; it must lie on the minute grid."""
     text = value.strip()

@@ -105,11 +105,7 @@ def ensure_champion(
         f"no champion model in {registry.root}: backfilling {recipe.days:g} days of {len(symbols)} "
         f"symbols from {source.name} and training the default recipe"
     )
-    policy = ValidationPolicy(
-        max_fill_gap_minutes=settings.data.max_fill_gap_minutes,
-        max_abs_log_return=settings.data.max_abs_log_return,
-        stale_after_ms=settings.data.stale_after_seconds * 1000,
-    )
+    policy = ValidationPolicy.from_settings(settings)
     chunks = len(symbols) * int(-(-recipe.days // 1))
     progress.start("backfill", chunks)
     done = 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from core.logging import get_logger
+from core.timegrid import as_utc
 from data.ledger import DONE, PARTIAL
 from data.publishing import publish_heartbeat, publish_pending
 from tasks.common import deadline, minute_dt
@@ -61,7 +62,7 @@ def publish(
             stop_loss=row.stop_loss,
             take_profit=row.take_profit,
             # A replayed minute's signals expired long ago: its intents live as long as its tasks.
-            expires_at=max(_aware(row.expires_at), orders_expire),
+            expires_at=max(as_utc(row.expires_at), orders_expire),
         )
         sent = app.send_task(
             "tasks.orders.execute", args=(intent.model_dump(mode="json"),), expires=orders_expire
@@ -81,7 +82,7 @@ def publish(
     if run_row is not None:
         # From the start of run_minute to now: the whole minute's wall time, replay or live.
         started = run_row.started_at
-        started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite drops the zone
+        started = as_utc(started)
         timings["minute_total"] = round(time.time() - started.timestamp(), 4)
     rt.ledger.update(
         run,
@@ -113,10 +114,6 @@ def publish(
         "order_tasks": order_tasks,
         "tick_task": ticked.id,
     }
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 def _rows(doc: dict[str, Any]) -> dict[str, Any]:

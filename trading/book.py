@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
+from core.timegrid import as_utc
 from data.models import OrderIntent, TradingOrder, TradingPosition
 from trading.risk import AccountSnapshot
 from trading.states import ACTIVE_ORDER, CANCELLED, CLOSING, ENTERED, ENTRY, OPEN
@@ -26,8 +27,7 @@ _INTENTS = cast(Table, OrderIntent.__table__)
 
 def as_datetime(value: datetime | str) -> datetime:
     """SQLite hands back naive datetimes, and ``max()`` of one as text; every stored time is UTC."""
-    dt = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from core.errors import BrokerUnavailableError, ConfigError, OrderRejectedError
 from core.logging import get_logger
 from core.settings import Settings
-from core.timegrid import MINUTE_MS, dt_to_ms, iso_minute, ms_to_dt
+from core.timegrid import MINUTE_MS, as_utc, dt_to_ms, iso_minute, ms_to_dt
 from data.store import CandleStore
 from trading.book import Book
 from trading.intake import record_intent, record_intents
@@ -50,7 +50,6 @@ from trading.ledger import (
     Ledger,
     OrderRow,
     PositionRow,
-    aware,
 )
 from trading.live import DuplicateOrderError, ExchangeOrder, LiveBroker, OutcomeUnknownError
 from trading.paper import (
@@ -91,7 +90,6 @@ __all__ = [
     "ExecutionResult",
     "TickReport",
     "Trader",
-    "aware",
     "ensure_account",
     "set_halted",
 ]
@@ -851,7 +849,7 @@ class Trader:
             if found is not None:
                 self._apply_exchange_order(order.id, found)
                 report["orders_updated"] += 1
-            elif order.valid_until is not None and aware(order.valid_until) < now:
+            elif order.valid_until is not None and as_utc(order.valid_until) < now:
                 with self._locked() as txn:
                     [row] = txn.ledger.load_orders(ORDERS.c.id == order.id)
                     if row.status in (UNKNOWN, ACCEPTED):

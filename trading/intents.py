@@ -8,9 +8,11 @@ constraint on ``order_intents.client_order_id`` (and the exchange's own) makes t
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.timegrid import as_utc
 
 
 def client_order_id(symbol: str, minute: datetime, model_version: str) -> str:
@@ -41,6 +43,4 @@ class OrderIntentMessage(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # SQLite hands the signal's times back without their zone; every time here is UTC.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return None if value is None else as_utc(value)

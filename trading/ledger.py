@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
-from core.timegrid import MINUTE_MS, dt_to_ms
+from core.timegrid import MINUTE_MS, as_utc, dt_to_ms
 from data.models import OrderIntent, TradingAccount, TradingFill, TradingOrder, TradingPosition
 from trading.paper import BUY, LONG, SHORT, gross_pnl
 from trading.states import CLOSED, CLOSING, ENTRY, EXIT, FILLED, OPEN, PENDING
@@ -26,13 +26,8 @@ FILLS = cast(Table, TradingFill.__table__)
 INTENTS = cast(Table, OrderIntent.__table__)
 
 
-def aware(dt: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def _maybe_aware(dt: datetime | None) -> datetime | None:
-    return None if dt is None else aware(dt)
+    return None if dt is None else as_utc(dt)
 
 
 @dataclass(eq=False)
@@ -55,7 +50,7 @@ class Account:
     @classmethod
     def from_row(cls, row: Any) -> Account:
         values = {f.name: getattr(row, f.name) for f in fields(cls)}
-        values["day_start_at"] = aware(values["day_start_at"])
+        values["day_start_at"] = as_utc(values["day_start_at"])
         return cls(**values)
 
     def values(self) -> dict[str, Any]:
@@ -93,7 +88,7 @@ class OrderRow:
     @classmethod
     def from_row(cls, row: Any) -> OrderRow:
         values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name in _ORDER_COLUMNS}
-        values["signal_minute"] = aware(values["signal_minute"])
+        values["signal_minute"] = as_utc(values["signal_minute"])
         values["valid_until"] = _maybe_aware(values["valid_until"])
         values["filled_at"] = _maybe_aware(values["filled_at"])
         return cls(**values)
@@ -135,7 +130,7 @@ class PositionRow:
     def from_row(cls, row: Any) -> PositionRow:
         values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name in _POSITION_COLUMNS}
         for name in ("signal_minute", "opened_at"):
-            values[name] = aware(values[name])
+            values[name] = as_utc(values[name])
         values["closed_at"] = _maybe_aware(values["closed_at"])
         return cls(**values)
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli
 from core.settings import Settings, reset_settings_cache
-from core.timegrid import MINUTE_MS, dt_to_ms, floor_minute, iso_minute, now_ms
+from core.timegrid import MINUTE_MS, as_utc, dt_to_ms, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
 from data.models import OrderIntent, TradingOrder, TradingPosition
@@ -30,7 +30,6 @@ from ml.minute import ModelOutputs
 from ml.model.schema import DIRECTION
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
-from trading.ledger import aware
 from worker.app import app
 from worker.embedded import embedded_runtime
 
@@ -103,7 +102,7 @@ def test_signals_become_paper_orders_then_positions(
         assert {o.status for o in filled} == {"filled"}
         assert len(positions) == len(filled)
         # Filled at the open of the candle that opened at the signal's minute.
-        assert {dt_to_ms(aware(p.opened_at)) for p in positions} == {first}
+        assert {dt_to_ms(as_utc(p.opened_at)) for p in positions} == {first}
         still_open = sum(1 for p in positions if p.status == "open")
 
     monkeypatch.setenv("MLSIG_DATABASE_URL", settings.database_url)
