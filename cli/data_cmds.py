@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -12,14 +15,18 @@ from rich.table import Table
 
 from cli.common import EXIT_PARTIAL, clean_errors, console, policy, ready_store, settings, split_symbols
 from core.settings import Settings
-from core.timegrid import MINUTE_MS, iso_minute, now_ms
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data.ingest import Ingestor, IngestReport
 from data.sources.factory import make_source, resolve_symbols
-from data.sources.files import read_candle_file
-from data.validation import staleness_ms, validate_batch
+from data.sources.files import exchange_label, read_candle_file
+from data.store import CandleStore, GapRecord, group_outages
+from data.stream.service import CandleStreamService
+from data.validation import Gap, staleness_ms, validate_batch
 
 app = typer.Typer(help="Market data: backfill, sync, import and status.", no_args_is_help=True)
 
+# ``data status`` lists the outages of the last day.
+OUTAGE_LOOKBACK_MS = 1440 * MINUTE_MS
 SymbolsOption = typer.Option(None, "--symbols", "-s", help="Symbols, comma-separated or repeated.")
 
 
@@ -83,19 +90,107 @@ def sync(symbols: list[str] | None = SymbolsOption) -> None:
     _report(report)
 
 
+@app.command()
+@clean_errors
+def stream(symbols: list[str] | None = SymbolsOption) -> None:
+    """Stream closed candles from the exchange's WebSocket into the store until stopped (one per deployment).
+
+    Every (re)connect and every hole is repaired over REST first; watermarks and completed minutes
+    go to Redis, where the minute's feature tasks wait for them (docs/DATA.md).
+    """
+    import redis
+
+    from data.stream.factory import check_streamable, make_stream_service
+    from data.stream.watermark import RedisWatermarks
+
+    s = settings()
+    check_streamable(s)
+    store = ready_store(s)
+    source = make_source(s)
+    names = resolve_symbols(s, source, split_symbols(symbols))
+    client = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=30)
+    service = make_stream_service(s, store, source, RedisWatermarks(client), names)
+    console.print(
+        f"streaming {len(names)} symbols from {service.feed.name} into {db_label(s)}; Ctrl-C stops",
+        highlight=False,
+    )
+    asyncio.run(_until_signalled(service))
+    console.print(
+        f"stream stopped: {service.stats.written} candles written, {service.stats.reconnects} reconnects",
+        highlight=False,
+    )
+
+
+@app.command("stream-status")
+@clean_errors
+def stream_status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Is the stream service alive, and how far are the symbols' watermarks? Exit 1 when not alive."""
+    import redis
+
+    from data.stream.watermark import RedisWatermarks
+
+    s = settings()
+    source = make_source(s)
+    names = resolve_symbols(s, source)
+    marks = RedisWatermarks(redis.Redis.from_url(s.redis_url, socket_timeout=5))
+    alive = marks.is_alive(source.name)
+    got = marks.get(source.name, names)
+    newest_closed = floor_minute(now_ms()) - MINUTE_MS
+    behind = sorted(n for n in names if got.get(n, -1) < newest_closed)
+    record = {
+        "exchange": source.name,
+        "alive": alive,
+        "symbols": len(names),
+        "current": len(names) - len(behind),
+        "behind": behind[:50],
+        "oldest_mark": iso_minute(min(got.values())) if got else None,
+    }
+    if as_json:
+        console.print_json(json.dumps(record))
+    else:
+        state = "alive" if alive else "NOT RUNNING"
+        console.print(
+            f"stream on {source.name}: {state}; {record['current']}/{len(names)} symbols stored through "
+            f"{iso_minute(newest_closed)}",
+            highlight=False,
+        )
+        if behind:
+            console.print(f"behind: {', '.join(behind[:20])}", highlight=False)
+    if not alive:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+async def _until_signalled(service: CandleStreamService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.run(stop)
+
+
+def db_label(s: Settings) -> str:
+    return s.database_url.rsplit("@", 1)[-1]
+
+
 @app.command("import")
 @clean_errors
 def import_file(
-    file: Path = typer.Argument(..., help="CSV or Parquet OHLCV file (docs/DATA_IMPORT.md)."),
+    file: Path = typer.Argument(..., help="CSV, Parquet or ccxt/freqtrade JSON file (docs/DATA_IMPORT.md)."),
     symbol: str = typer.Option(..., "--symbol", help="Symbol the candles belong to."),
     exchange: str | None = typer.Option(
-        None, help="Exchange label to store under (default: the configured source)."
+        None,
+        help="Exchange label to store under (default: the freqtrade folder it lies in, else 'import').",
     ),
 ) -> None:
-    """Validate a file of 1-minute candles and store it; nothing is written if any rule fails."""
+    """Validate a file of 1-minute candles and store it; nothing is written if any rule fails.
+
+    Missing minutes are filled (flagged, never counted as trades) and reported with where they are.
+    """
     s = settings()
     store = ready_store(s)
-    label = exchange or make_source(s).name
+    label = exchange or exchange_label(file)
     frame = read_candle_file(file)
     before = store.candle_before(label, symbol, int(frame["open_time"].min())) if len(frame) else None
     batch = validate_batch(
@@ -108,10 +203,25 @@ def import_file(
     )
     inserted = store.write(label, [batch])
     console.print(
-        f"{file}: {len(frame)} candles read, {batch.filled_minutes} filled, "
+        f"{file}: {len(frame)} candles read, {batch.filled_minutes} filled in {len(batch.gaps)} gaps, "
         f"{inserted} new for {symbol} on {label}",
         highlight=False,
     )
+    _print_gaps(batch.gaps)
+
+
+def _print_gaps(gaps: Sequence[Gap], shown: int = 10) -> None:
+    if not gaps:
+        return
+    outages = [g for g in gaps if g.outage]
+    longest = sorted(gaps, key=lambda g: (-g.minutes, g.start_ms))[:shown]
+    console.print(
+        f"gaps: {len(gaps)}, longest {longest[0].minutes} min, {len(outages)} longer than "
+        f"{settings().data.max_fill_gap_minutes} min (long gaps); the {len(longest)} longest:",
+        highlight=False,
+    )
+    for gap in sorted(longest, key=lambda g: g.start_ms):
+        console.print(f"  {gap.describe()}", highlight=False)
 
 
 @app.command()
@@ -126,9 +236,16 @@ def status(
     label = make_source(s).name
     rows = store.status(label, split_symbols(symbols))
     now = now_ms()
+    quality = _window_quality(s, store, label, [r.symbol for r in rows if r.candles], now)
+    since = now - OUTAGE_LOOKBACK_MS
+    outages, own_gaps = group_outages(
+        store.gaps(label, since_ms=since, outages_only=True), max(1, len(rows)), s.data.outage_min_share
+    )
+    recent_outages = {g.symbol: g for g in own_gaps}
     records = []
     for r in rows:
         lag = staleness_ms(r.newest_open_ms, now)
+        own = recent_outages.get(r.symbol)
         records.append(
             {
                 "symbol": r.symbol,
@@ -141,10 +258,21 @@ def status(
                 "stale": lag is None or lag > s.data.stale_after_seconds * 1000,
                 "quarantine": r.quarantine_rule,
                 "reason": r.quarantine_detail,
+                "signal_blocked": quality.get(r.symbol),
+                "last_outage": None if own is None else own_gap_text(own),
             }
         )
+    outage_records = [
+        {
+            "start": iso_minute(o.start_ms),
+            "end": iso_minute(o.end_ms),
+            "minutes": o.minutes,
+            "symbols": len(o.symbols),
+        }
+        for o in outages
+    ]
     if as_json:
-        console.print_json(json.dumps(records))
+        console.print_json(json.dumps({"symbols": records, "exchange_outages": outage_records}))
         return
     table = Table(title=f"candles on {label}")
     table.add_column("symbol", no_wrap=True, min_width=16)
@@ -153,6 +281,7 @@ def status(
     for name in ("gaps", "filled", "staleness"):
         table.add_column(name, justify="right")
     table.add_column("quarantine")
+    table.add_column("signal")
     for rec in records:
         lag_s = rec["staleness_s"]
         table.add_row(
@@ -163,10 +292,41 @@ def status(
             str(rec["filled_minutes"]),
             "-" if lag_s is None else f"{lag_s} s" + (" STALE" if rec["stale"] else ""),
             escape(f"{rec['quarantine']}: {rec['reason']}") if rec["quarantine"] else "",
+            escape(str(rec["signal_blocked"] or "ok")),
         )
     console.print(table)
     gaps = sum(int(str(rec["missing_minutes"])) for rec in records)
     console.print(f"{len(records)} symbols, {gaps} missing minutes in total", highlight=False)
+    for o in outage_records:
+        console.print(
+            f"exchange outage: {o['start']} .. {o['end']} ({o['minutes']} min, {o['symbols']} symbols)",
+            highlight=False,
+        )
+    for rec in records:
+        if rec["last_outage"]:
+            console.print(f"{rec['symbol']}: {rec['last_outage']}", highlight=False)
+
+
+def own_gap_text(gap: GapRecord) -> str:
+    return f"long gap {iso_minute(gap.start_ms)} .. {iso_minute(gap.end_ms)} ({gap.minutes} min)"
+
+
+def _window_quality(
+    s: Settings, store: CandleStore, label: str, symbols: list[str], now: int
+) -> dict[str, str]:
+    """Why each symbol would get no signal this minute for want of real candles (absent: it would)."""
+    if not symbols:
+        return {}
+    from ml.features import FEATURE_SPEC
+
+    panel = store.read_bars(label, symbols, floor_minute(now), FEATURE_SPEC.context, s.data.bar_minutes)
+    reasons = panel.quality_reasons(
+        FEATURE_SPEC.context, s.pipeline.max_filled_share, s.pipeline.min_real_share_newest_bar
+    )
+    incomplete = panel.incomplete_symbols()
+    for symbol, bars in incomplete.items():
+        reasons.setdefault(symbol, f"history: {bars} of the last {FEATURE_SPEC.context} bars incomplete")
+    return reasons
 
 
 def _workers(s: Settings) -> int:

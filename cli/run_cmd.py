@@ -102,7 +102,7 @@ def run(
         first = parse_minute(start) if start else floor_minute(now_ms()) - count * MINUTE_MS
         _replay(s, first, count)
         return
-    with embedded_runtime(s, beat=True) as rt:
+    with embedded_runtime(s, beat=True, stream=True) as rt:
         inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
         board = SignalBoard()
         done = 0

@@ -57,10 +57,19 @@ class ExchangeSettings(BaseModel):
     enable_rate_limit: bool = True
     max_retries: int = Field(4, ge=0)
     retry_base_delay_s: float = Field(0.5, ge=0.0)
+    retry_max_delay_s: float = Field(30.0, gt=0.0)
     page_limit: int = Field(1000, ge=1, le=1000)
     # Overrides ccxt's REST endpoints, e.g. {"public": "http://127.0.0.1:8900"}; used by the tests'
     # local exchange server and for testnets.
     api_urls: dict[str, str] = Field(default_factory=dict)
+    # Overrides ccxt's WebSocket endpoints (``urls['api']['ws']``, a nested dict on bybit): keys are
+    # dotted paths such as ``public.linear`` or ``all``; values ws:// or wss:// URLs.
+    ws_urls: dict[str, str] = Field(default_factory=dict)
+    # The gateway's own limiter, shared by every process on the host through Redis (in-process in
+    # the embedded run). Bybit allows 600 requests per 5 s per IP; 80/s keeps a third in reserve.
+    # ccxt's per-client throttle is off: it knows neither the real budget nor the other processes.
+    requests_per_second: float = Field(80.0, gt=0.0)
+    request_burst: int = Field(20, ge=1)
 
 
 class SimulatorSettings(BaseModel):
@@ -82,6 +91,32 @@ class DataSettings(BaseModel):
     # A first sync of a symbol with nothing stored fetches this much history: the model's 96 bars
     # plus the features' warm-up of at most 200 bars, 15 minutes each, and a bar of slack.
     sync_initial_minutes: int = Field((96 + 200 + 1) * 15, ge=1)
+    # Gaps longer than ``max_fill_gap_minutes`` are outages: still filled with flagged flat candles
+    # (so that bars stay whole), but recorded in ``candle_gaps`` and reported. Only the newest
+    # ``max_gap_fill_minutes`` of a longer gap are filled: older minutes lie outside any live window.
+    max_gap_fill_minutes: int = Field((96 + 200 + 1) * 15, ge=1)
+    # A gap that at least this share of the symbols (and at least 2) missed over the same minutes is
+    # reported once, as an exchange-wide outage.
+    outage_min_share: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class StreamSettings(BaseModel):
+    """``mlsignals data stream``: closed candles over the exchange's WebSocket (docs/DATA.md)."""
+
+    # Symbols per subscribe request (Bybit spot accepts at most 10 topics per request).
+    subscribe_chunk: int = Field(10, ge=1, le=100)
+    # No message at all for this long means a dead connection: reconnect.
+    silence_timeout_s: float = Field(20.0, gt=0.0)
+    reconnect_base_delay_s: float = Field(0.5, ge=0.0)
+    reconnect_max_delay_s: float = Field(30.0, gt=0.0)
+    # Confirmed candles are written at least this often (the "within 1 s of arrival" promise).
+    flush_interval_s: float = Field(0.2, gt=0.0, le=1.0)
+    # A candle newer than a symbol's watermark + 1 minute waits this long for the missing one to
+    # arrive on the stream before the hole is repaired over REST.
+    hole_grace_s: float = Field(3.0, ge=0.0)
+    # The service marks itself alive in Redis for this long after each flush; feature tasks wait on
+    # the watermark only while it is alive, and fetch over REST otherwise.
+    alive_ttl_s: int = Field(15, ge=2)
 
 
 class ModelSettings(BaseModel):
@@ -133,6 +168,10 @@ class PipelineSettings(BaseModel):
     symbols_per_task: int = Field(0, ge=0)
     # How long a feature task waits for the exchange to publish the just-closed candle.
     candle_wait_seconds: float = Field(6.0, ge=0)
+    # Window quality (docs/DATA.md): a symbol gets a signal only when at most this share of the
+    # model's context minutes are filled (not traded) and its newest bar is at least this real.
+    max_filled_share: float = Field(0.2, ge=0.0, le=1.0)
+    min_real_share_newest_bar: float = Field(0.5, ge=0.0, le=1.0)
     heartbeat_channel: str = "signals:heartbeat"
     channel: str = "signals"
 
@@ -194,6 +233,7 @@ class Settings(BaseSettings):
     exchange: ExchangeSettings = ExchangeSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     data: DataSettings = DataSettings()
+    stream: StreamSettings = StreamSettings()
     ml_integration: MLIntegrationSettings = MLIntegrationSettings()
     model: ModelSettings = ModelSettings()
     decoding: DecodingSettings = DecodingSettings()

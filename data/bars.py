@@ -8,7 +8,7 @@ has NaN prices so that nothing downstream can mistake it for real data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,56 @@ class BarPanel:
     close: np.ndarray
     volume: np.ndarray
     complete: np.ndarray  # bool [n_symbols, n_bars]
+    # int [n_symbols, n_bars]: minutes of each bar that were filled, not traded (None: none known)
+    filled: np.ndarray | None = field(default=None)
 
     @property
     def n_bars(self) -> int:
         return int(self.bar_open_ms.shape[0])
+
+    def subset(self, symbols: list[str]) -> BarPanel:
+        """The same bars for ``symbols`` only (each must be in the panel)."""
+        rows = [self.symbols.index(s) for s in symbols]
+        return BarPanel(
+            symbols=list(symbols),
+            anchor_ms=self.anchor_ms,
+            bar_minutes=self.bar_minutes,
+            bar_open_ms=self.bar_open_ms,
+            complete=self.complete[rows],
+            filled=None if self.filled is None else self.filled[rows],
+            **{name: getattr(self, name)[rows] for name in BAR_FIELDS},
+        )
+
+    def filled_minutes(self) -> np.ndarray:
+        if self.filled is None:
+            return np.zeros(self.complete.shape, dtype=np.int64)
+        return self.filled
+
+    def quality_reasons(
+        self, context_bars: int, max_filled_share: float, min_real_share_newest_bar: float
+    ) -> dict[str, str]:
+        """Symbols whose window is too little traded to trust a signal, with the reason.
+
+        The window is the newest ``context_bars`` bars (the model's input). A symbol passes when at
+        most ``max_filled_share`` of its minutes there were filled and its newest bar is at least
+        ``min_real_share_newest_bar`` real. Incomplete bars are the feature stage's own business.
+        """
+        filled = self.filled_minutes()[:, -context_bars:]
+        window_share = filled.sum(axis=1) / (filled.shape[1] * self.bar_minutes)
+        newest_real = 1.0 - filled[:, -1] / self.bar_minutes
+        reasons: dict[str, str] = {}
+        for i, symbol in enumerate(self.symbols):
+            if newest_real[i] < min_real_share_newest_bar:
+                reasons[symbol] = (
+                    f"window_quality: newest bar {newest_real[i]:.0%} traded "
+                    f"(needs {min_real_share_newest_bar:.0%}); the exchange printed no candles"
+                )
+            elif window_share[i] > max_filled_share:
+                reasons[symbol] = (
+                    f"window_quality: {window_share[i]:.1%} of the last {filled.shape[1]} bars filled "
+                    f"(at most {max_filled_share:.0%}); signals resume as real candles replace the gap"
+                )
+        return reasons
 
     def index(self) -> pd.DatetimeIndex:
         return pd.DatetimeIndex(pd.to_datetime(self.bar_open_ms, unit="ms", utc=True), name="time")
@@ -98,26 +144,36 @@ def panel_from_candles(
     shape = (len(symbols), n_bars)
     arrays = {name: np.full(shape, np.nan) for name in BAR_FIELDS}
     complete = np.zeros(shape, dtype=bool)
+    filled = np.zeros(shape, dtype=np.int64)
     for i, symbol in enumerate(symbols):
         frame = candles[symbol]
+        open_time = frame["open_time"].to_numpy(dtype=np.int64)
         bars, ok = aggregate_minutes(
-            frame["open_time"].to_numpy(dtype=np.int64),
-            frame[list(BAR_FIELDS)].to_numpy(dtype=np.float64),
-            anchor_ms,
-            n_bars,
-            bar_minutes,
+            open_time, frame[list(BAR_FIELDS)].to_numpy(dtype=np.float64), anchor_ms, n_bars, bar_minutes
         )
         for j, name in enumerate(BAR_FIELDS):
             arrays[name][i] = bars[:, j]
         complete[i] = ok
+        if "is_filled" in frame.columns:
+            flags = frame["is_filled"].to_numpy(dtype=bool)
+            filled[i] = _filled_per_bar(open_time, flags, anchor_ms, n_bars, bar_minutes)
     return BarPanel(
         symbols=symbols,
         anchor_ms=anchor_ms,
         bar_minutes=bar_minutes,
         bar_open_ms=bar_open_times(anchor_ms, n_bars, bar_minutes),
         complete=complete,
+        filled=filled,
         **arrays,
     )
+
+
+def _filled_per_bar(
+    open_time: np.ndarray, is_filled: np.ndarray, anchor_ms: int, n_bars: int, bar_minutes: int
+) -> np.ndarray:
+    slot = (open_time - (anchor_ms - n_bars * bar_minutes * MINUTE_MS)) // MINUTE_MS
+    keep = (slot >= 0) & (slot < n_bars * bar_minutes) & is_filled
+    return np.bincount(slot[keep] // bar_minutes, minlength=n_bars).astype(np.int64)
 
 
 def resample_anchored(candles: pd.DataFrame, bar_minutes: int, phase_minute: int = 0) -> pd.DataFrame:

@@ -17,8 +17,8 @@ from core.errors import DataValidationError, MLSignalsError, TemporaryError, Unk
 from core.logging import get_logger
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data.sources.base import CandleSource
-from data.store import CandleStore
-from data.validation import ValidatedBatch, ValidationPolicy, is_stale, validate_batch
+from data.store import CandleStore, GapRecord, Outage, group_outages
+from data.validation import Gap, ValidatedBatch, ValidationPolicy, is_stale, validate_batch
 
 log = get_logger(__name__)
 
@@ -33,6 +33,7 @@ class SymbolOutcome:
     newest_open_ms: int | None = None
     rule: str | None = None
     detail: str | None = None
+    gaps: list[Gap] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,6 +48,8 @@ class IngestReport:
     outcomes: dict[str, SymbolOutcome] = field(default_factory=dict)
     inserted: int = 0
     elapsed_s: float = 0.0
+    # Outages many symbols shared (reported once); the others stay in each outcome's ``gaps``.
+    outages: list[Outage] = field(default_factory=list)
 
     @property
     def fetched(self) -> int:
@@ -234,6 +237,7 @@ class Ingestor:
             return None
         outcome.fetched += len(result)
         outcome.filled += batch.filled_minutes
+        outcome.gaps.extend(batch.gaps)
         if batch.newest_open_ms is not None:
             outcome.newest_open_ms = batch.newest_open_ms
             cursors[symbol] = _Cursor(batch.newest_open_ms + MINUTE_MS, float(batch.frame["close"].iloc[-1]))
@@ -263,3 +267,31 @@ class Ingestor:
         self.store.release(self.exchange, [s for s, o in report.outcomes.items() if o.ok])
         for s, (rule, detail) in failed.items():
             log.warning("symbol quarantined", symbol=s, rule=rule, detail=detail)
+        self._report_outages(report)
+
+    def _report_outages(self, report: IngestReport) -> None:
+        """One line per exchange-wide outage, one per symbol's own: never 500 lines for one event."""
+        records = [
+            GapRecord(s, g.start_ms, g.end_ms, g.minutes, g.filled, g.outage)
+            for s, o in report.outcomes.items()
+            for g in o.gaps
+            if g.outage
+        ]
+        report.outages, own = group_outages(records, len(report.outcomes), self.policy.outage_min_share)
+        for outage in report.outages:
+            log.warning(
+                "exchange outage",
+                exchange=self.exchange,
+                start=iso_minute(outage.start_ms),
+                end=iso_minute(outage.end_ms),
+                minutes=outage.minutes,
+                symbols=len(outage.symbols),
+            )
+        for gap in own:
+            log.warning(
+                "symbol outage",
+                symbol=gap.symbol,
+                start=iso_minute(gap.start_ms),
+                end=iso_minute(gap.end_ms),
+                minutes=gap.minutes,
+            )

@@ -137,6 +137,26 @@ class DataQuarantine(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CandleGap(Base):
+    """Minutes a source had no candle for, found when newer candles arrived (docs/DATA.md).
+
+    ``filled`` of them were stored as flagged flat candles; ``outage`` marks gaps longer than an
+    ordinary illiquid pause (``data.max_fill_gap_minutes``). Insert-only: a re-run records nothing twice.
+    """
+
+    __tablename__ = "candle_gaps"
+    __table_args__ = (Index("ix_candle_gaps_exchange_end", "exchange", "end_time"),)
+
+    exchange: Mapped[str] = mapped_column(String(32), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start_time: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    end_time: Mapped[int] = mapped_column(BigInteger)
+    minutes: Mapped[int] = mapped_column(Integer)
+    filled: Mapped[int] = mapped_column(Integer)
+    outage: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class PipelineRun(Base):
     """The ledger: one row per minute, the arbiter of "exactly one effective run per minute"."""
 

@@ -1,8 +1,11 @@
 """The candle store: bulk idempotent writes, newest-candle look-ups, status and the bar read path.
 
-Writes never update a stored candle: a closed candle is immutable, so ``ON CONFLICT DO NOTHING``
-makes every re-run of a backfill or sync a no-op. PostgreSQL writes go through ``COPY`` into a
-temporary table and one ``INSERT … SELECT``; SQLite uses one ``executemany``.
+Writes never change a traded candle: a closed candle is immutable, so every re-run of a backfill or
+sync is a no-op. The one exception is a flagged filler (``is_filled``) of a minute the source had
+no candle for at the time: when the real candle turns up later (a repair, an import) it replaces
+the filler. PostgreSQL writes go through ``COPY`` into a temporary table and one
+``INSERT … SELECT``; SQLite uses one ``executemany``. The gaps a batch found are recorded in
+``candle_gaps`` in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ from core.timegrid import MINUTE_MS
 from data import pgcopy
 from data.bars import BAR_FIELDS, BarPanel, bar_open_times
 from data.candles import CANDLE_COLUMNS
-from data.models import DataQuarantine
+from data.models import CandleGap, DataQuarantine
 from data.validation import ValidatedBatch
 
 INTERVAL = "1m"
 _WRITE_COLUMNS = pgcopy.COLUMNS
+_VALUE_UPDATE = ", ".join(f"{c} = excluded.{c}" for c in (*CANDLE_COLUMNS[1:], "is_filled"))
+# Only a filler gives way, and only to a real candle.
+_REAL_REPLACES_FILLER = (
+    f"DO UPDATE SET {_VALUE_UPDATE} WHERE raw_market_data.is_filled AND NOT excluded.is_filled"
+)
+_GAP_COLUMNS = ("exchange", "symbol", "start_time", "end_time", "minutes", "filled", "outage")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,47 @@ class SymbolStatus:
     quarantine_detail: str | None = None
 
 
+@dataclass(frozen=True)
+class GapRecord:
+    symbol: str
+    start_ms: int
+    end_ms: int
+    minutes: int
+    filled: int
+    outage: bool
+
+
+@dataclass(frozen=True)
+class Outage:
+    """The same missing minutes in many symbols at once: reported once, for the exchange."""
+
+    start_ms: int
+    end_ms: int
+    symbols: list[str]
+
+    @property
+    def minutes(self) -> int:
+        return (self.end_ms - self.start_ms) // MINUTE_MS
+
+
+def group_outages(
+    gaps: Sequence[GapRecord], universe: int, min_share: float
+) -> tuple[list[Outage], list[GapRecord]]:
+    """Split outage gaps into exchange-wide outages (the same range in at least ``min_share`` of
+    ``universe`` symbols, and at least 2) and the gaps that remain each symbol's own."""
+    by_range: dict[tuple[int, int], list[GapRecord]] = {}
+    for gap in gaps:
+        by_range.setdefault((gap.start_ms, gap.end_ms), []).append(gap)
+    wide: list[Outage] = []
+    own: list[GapRecord] = []
+    for (start, end), members in sorted(by_range.items()):
+        if members[0].outage and len(members) >= max(2, min_share * universe):
+            wide.append(Outage(start, end, sorted(g.symbol for g in members)))
+        else:
+            own.extend(members)
+    return wide, own
+
+
 class CandleStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -61,7 +111,10 @@ class CandleStore:
             return 0
         if self.dialect == "postgresql":
             return self._write_postgres(exchange, batches)
-        return self._write_generic(pd.concat([self._tagged(exchange, b) for b in batches], ignore_index=True))
+        return self._write_generic(
+            pd.concat([self._tagged(exchange, b) for b in batches], ignore_index=True),
+            _gap_rows(exchange, batches),
+        )
 
     @staticmethod
     def _tagged(exchange: str, batch: ValidatedBatch) -> pd.DataFrame:
@@ -87,11 +140,20 @@ class CandleStore:
                 copy.write(payload + pgcopy.TRAILER)
             cur.execute(
                 f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
-                "ON CONFLICT ON CONSTRAINT pk_raw_market_data DO NOTHING"
+                f"ON CONFLICT ON CONSTRAINT pk_raw_market_data {_REAL_REPLACES_FILLER}"
             )
-            return int(cur.rowcount)
+            written = int(cur.rowcount)
+            gaps = _gap_rows(exchange, batches)
+            if gaps:
+                marks = ", ".join("%s" for _ in _GAP_COLUMNS)
+                cur.executemany(
+                    f"INSERT INTO candle_gaps ({', '.join(_GAP_COLUMNS)}) VALUES ({marks}) "
+                    "ON CONFLICT DO NOTHING",
+                    gaps,
+                )
+            return written
 
-    def _write_generic(self, rows: pd.DataFrame) -> int:
+    def _write_generic(self, rows: pd.DataFrame, gaps: list[tuple[Any, ...]]) -> int:
         columns = [rows[c].tolist() for c in _WRITE_COLUMNS]
         turnover = _WRITE_COLUMNS.index("turnover")
         # SQLite stores NaN as NULL anyway; being explicit keeps the two dialects identical.
@@ -101,8 +163,19 @@ class CandleStore:
         marks = ", ".join("?" for _ in _WRITE_COLUMNS)
         with self._driver_transaction() as driver:
             cur = driver.cursor()
-            cur.executemany(f"INSERT OR IGNORE INTO raw_market_data ({cols}) VALUES ({marks})", values)
-            return int(cur.rowcount)
+            cur.executemany(
+                f"INSERT INTO raw_market_data ({cols}) VALUES ({marks}) "
+                f"ON CONFLICT (exchange, symbol, interval, open_time) {_REAL_REPLACES_FILLER}",
+                values,
+            )
+            written = int(cur.rowcount)
+            if gaps:
+                gap_marks = ", ".join("?" for _ in _GAP_COLUMNS)
+                cur.executemany(
+                    f"INSERT OR IGNORE INTO candle_gaps ({', '.join(_GAP_COLUMNS)}) VALUES ({gap_marks})",
+                    gaps,
+                )
+            return written
 
     @contextmanager
     def _driver_transaction(self) -> Iterator[Any]:
@@ -293,6 +366,21 @@ class CandleStore:
             )
         return out
 
+    # -- gaps -----------------------------------------------------------------------------------
+    def gaps(
+        self, exchange: str, *, since_ms: int = 0, outages_only: bool = False, limit: int = 100_000
+    ) -> list[GapRecord]:
+        """Recorded gaps that ended at or after ``since_ms``, oldest first."""
+        stmt = select(CandleGap).where(CandleGap.exchange == exchange, CandleGap.end_time >= since_ms)
+        if outages_only:
+            stmt = stmt.where(CandleGap.outage.is_(True))
+        stmt = stmt.order_by(CandleGap.start_time, CandleGap.symbol).limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                GapRecord(r.symbol, r.start_time, r.end_time, r.minutes, r.filled, bool(r.outage))
+                for r in conn.execute(stmt)
+            ]
+
     # -- quarantine ---------------------------------------------------------------------------
     def quarantine(self, exchange: str, reasons: dict[str, tuple[str, str]]) -> None:
         if not reasons:
@@ -366,26 +454,31 @@ class CandleStore:
         shape = (len(symbols), n_bars)
         arrays = {name: np.full(shape, np.nan) for name in BAR_FIELDS}
         complete = np.zeros(shape, dtype=bool)
+        filled = np.zeros(shape, dtype=np.int64)
         sym = data["sym"]
         col = n_bars - 1 - data["k"]
         ok = (data["n"] == bar_minutes) & (col >= 0) & (col < n_bars)
         complete[sym[ok], col[ok]] = True
         for name in BAR_FIELDS:
             arrays[name][sym[ok], col[ok]] = data[name][ok]
+        inside = (col >= 0) & (col < n_bars)
+        filled[sym[inside], col[inside]] = data["filled"][inside]
         return BarPanel(
             symbols=list(symbols),
             anchor_ms=anchor_ms,
             bar_minutes=bar_minutes,
             bar_open_ms=bar_open_times(anchor_ms, n_bars, bar_minutes),
             complete=complete,
+            filled=filled,
             **arrays,
         )
 
     _BARS_SELECT = (
         "count(*) AS n, max(high) AS high, min(low) AS low, sum(volume) AS volume, "
         "max(CASE WHEN pos = :last_pos THEN open END) AS open, "
-        "max(CASE WHEN pos = 0 THEN close END) AS close "
-        "FROM (SELECT symbol, open, high, low, close, volume, "
+        "max(CASE WHEN pos = 0 THEN close END) AS close, "
+        "sum(CASE WHEN is_filled THEN 1 ELSE 0 END) AS filled "
+        "FROM (SELECT symbol, open, high, low, close, volume, is_filled, "
         "(:newest - open_time) / :bar_ms AS k, ((:newest - open_time) % :bar_ms) / :minute AS pos "
         "FROM raw_market_data WHERE exchange = :exchange AND interval = :interval "
         "AND symbol IN :symbols AND open_time >= :start AND open_time < :anchor) AS w "
@@ -398,10 +491,15 @@ class CandleStore:
             rows = conn.execute(stmt, params).all()
         index = {s: i for i, s in enumerate(params["symbols"])}
         table = np.array(
-            [[index[r.symbol], r.k, r.n, r.open, r.high, r.low, r.close, r.volume] for r in rows],
+            [[index[r.symbol], r.k, r.n, r.open, r.high, r.low, r.close, r.volume, r.filled] for r in rows],
             dtype=np.float64,
-        ).reshape(-1, 8)
-        out = {"sym": table[:, 0].astype(np.int64), "k": table[:, 1].astype(np.int64), "n": table[:, 2]}
+        ).reshape(-1, 9)
+        out = {
+            "sym": table[:, 0].astype(np.int64),
+            "k": table[:, 1].astype(np.int64),
+            "n": table[:, 2],
+            "filled": table[:, 8].astype(np.int64),
+        }
         for j, name in enumerate(BAR_FIELDS):
             out[name] = table[:, 3 + j]
         return out
@@ -413,7 +511,7 @@ class CandleStore:
         so the database returns one row per symbol.
         """
         packed = " || ".join(
-            ["int8send(k::int8)", "int8send(n::int8)"]
+            ["int8send(k::int8)", "int8send(n::int8)", "int8send(filled::int8)"]
             + [f"float8send(coalesce({f}, 'NaN'))" for f in BAR_FIELDS]
         )
         stmt = text(
@@ -433,10 +531,21 @@ class CandleStore:
             "sym": np.concatenate(syms) if syms else np.empty(0, dtype=np.int64),
             "k": table["k"].astype(np.int64),
             "n": table["n"].astype(np.int64),
+            "filled": table["filled"].astype(np.int64),
         }
         for name in BAR_FIELDS:
             out[name] = table[name].astype(np.float64)
         return out
 
 
-_BARS_ROW = np.dtype([("k", ">i8"), ("n", ">i8")] + [(name, ">f8") for name in BAR_FIELDS])
+def _gap_rows(exchange: str, batches: Sequence[ValidatedBatch]) -> list[tuple[Any, ...]]:
+    return [
+        (exchange, b.symbol, g.start_ms, g.end_ms, g.minutes, g.filled, g.outage)
+        for b in batches
+        for g in b.gaps
+    ]
+
+
+_BARS_ROW = np.dtype(
+    [("k", ">i8"), ("n", ">i8"), ("filled", ">i8")] + [(name, ">f8") for name in BAR_FIELDS]
+)

@@ -1,7 +1,11 @@
 """Candle validation rules (docs/DATA_VALIDATION.md). A batch passes whole or is rejected whole.
 
 Each rule raises ``DataValidationError`` with a stable ``rule`` name; the ingestion quarantines the
-symbol with it. Short gaps are filled with flat synthetic candles (``is_filled``), longer ones reject.
+symbol with it. Missing minutes are never a rejection: an exchange that printed nothing for a while
+(an illiquid market, maintenance, an outage) is a fact to record, not bad data. Every gap is filled
+with flat synthetic candles flagged ``is_filled`` (so that bars stay whole and the feature stage can
+judge how much of a window is real) and reported as a ``Gap``; gaps longer than
+``max_fill_gap_minutes`` are outages. Only the newest ``max_gap_fill_minutes`` of a gap are filled.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class ValidationPolicy:
     max_fill_gap_minutes: int = 3
     max_abs_log_return: float = 0.25
     stale_after_ms: int = 300_000
+    max_gap_fill_minutes: int = (96 + 200 + 1) * 15
+    outage_min_share: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationPolicy:
@@ -29,7 +35,28 @@ class ValidationPolicy:
             max_fill_gap_minutes=settings.data.max_fill_gap_minutes,
             max_abs_log_return=settings.data.max_abs_log_return,
             stale_after_ms=settings.data.stale_after_seconds * 1000,
+            max_gap_fill_minutes=settings.data.max_gap_fill_minutes,
+            outage_min_share=settings.data.outage_min_share,
         )
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Minutes ``[start_ms, end_ms)`` the source had no candle for; ``filled`` of them were filled."""
+
+    start_ms: int
+    end_ms: int
+    filled: int
+    outage: bool
+
+    @property
+    def minutes(self) -> int:
+        return (self.end_ms - self.start_ms) // MINUTE_MS
+
+    def describe(self) -> str:
+        kind = "long gap" if self.outage else "gap"
+        tail = "" if self.filled == self.minutes else f", newest {self.filled} filled"
+        return f"{kind} {iso_minute(self.start_ms)} .. {iso_minute(self.end_ms)} ({self.minutes} min{tail})"
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,7 @@ class ValidatedBatch:
     symbol: str
     frame: pd.DataFrame
     filled_minutes: int
+    gaps: tuple[Gap, ...] = ()
 
     @property
     def newest_open_ms(self) -> int | None:
@@ -113,7 +141,13 @@ def validate_batch(
 
     closes = c if prev_close is None else np.concatenate([[prev_close], c])
     log_ret = np.abs(np.diff(np.log(closes)))
-    spikes = log_ret > policy.max_abs_log_return
+    # A price that moved while the exchange printed nothing for longer than an ordinary gap moved
+    # for real: only returns between minutes close together can be spikes.
+    if prev_close is None:
+        span = np.diff(ts)
+    else:
+        span = np.diff(np.concatenate([[_previous_open(ts, expected_start_ms)], ts]))
+    spikes = (log_ret > policy.max_abs_log_return) & (span <= (policy.max_fill_gap_minutes + 1) * MINUTE_MS)
     if spikes.any():
         i = _first(spikes)
         at = ts[i] if prev_close is not None else ts[i + 1]
@@ -125,6 +159,10 @@ def validate_batch(
     return _fill_gaps(candles, symbol, policy, expected_start_ms, prev_close)
 
 
+def _previous_open(ts: np.ndarray, expected_start_ms: int | None) -> int:
+    return int(ts[0] - MINUTE_MS if expected_start_ms is None else expected_start_ms - MINUTE_MS)
+
+
 def _fill_gaps(
     candles: pd.DataFrame,
     symbol: str,
@@ -133,29 +171,31 @@ def _fill_gaps(
     prev_close: float | None,
 ) -> ValidatedBatch:
     ts = candles["open_time"].to_numpy()
-    prev_ts = ts[0] - MINUTE_MS if expected_start_ms is None else expected_start_ms - MINUTE_MS
-    missing = np.diff(np.concatenate([[prev_ts], ts])) // MINUTE_MS - 1
-    worst = int(missing.max())
-    if worst > policy.max_fill_gap_minutes:
-        i = _first(missing == worst)
-        raise DataValidationError(
-            "gap",
-            f"{worst} minutes missing before {iso_minute(int(ts[i]))}"
-            f" (at most {policy.max_fill_gap_minutes} are filled)",
-            symbol=symbol,
-        )
-    filled = int(missing.sum())
+    missing = np.diff(np.concatenate([[_previous_open(ts, expected_start_ms)], ts])) // MINUTE_MS - 1
     out = candles.assign(is_filled=np.zeros(len(candles), dtype=bool))
-    if not filled:
-        return ValidatedBatch(symbol, out, 0)
-    if missing[0] and prev_close is None:
-        raise DataValidationError("gap", "missing minutes at the start and no previous close", symbol=symbol)
-    # A flat candle at the previous close says "no trade happened": the honest minimum claim.
-    closes = candles["close"].to_numpy()
-    before = np.concatenate([[prev_close if prev_close is not None else np.nan], closes[:-1]])
     idx = np.flatnonzero(missing)
-    fill_ts = np.concatenate([ts[i] - MINUTE_MS * np.arange(missing[i], 0, -1) for i in idx])
-    fill_px = np.repeat(before[idx], missing[idx])
+    if not len(idx):
+        return ValidatedBatch(symbol, out, 0)
+    # Older minutes of a very long gap lie outside every live window: filling them only costs rows.
+    fills = np.minimum(missing[idx], policy.max_gap_fill_minutes)
+    gaps = tuple(
+        Gap(
+            start_ms=int(ts[i] - MINUTE_MS * missing[i]),
+            end_ms=int(ts[i]),
+            filled=int(n),
+            outage=bool(missing[i] > policy.max_fill_gap_minutes),
+        )
+        for i, n in zip(idx, fills, strict=True)
+    )
+    # A flat candle at the previous close says "no trade happened": the honest minimum claim. Before
+    # the first candle of a symbol with no history the only price known is that candle's open.
+    closes = candles["close"].to_numpy()
+    first_price = prev_close if prev_close is not None else float(candles["open"].iloc[0])
+    before = np.concatenate([[first_price], closes[:-1]])
+    fill_ts = np.concatenate(
+        [ts[i] - MINUTE_MS * np.arange(n, 0, -1) for i, n in zip(idx, fills, strict=True)]
+    )
+    fill_px = np.repeat(before[idx], fills)
     fill = pd.DataFrame(
         {
             "open_time": fill_ts.astype(np.int64),
@@ -169,7 +209,7 @@ def _fill_gaps(
         }
     )
     merged = pd.concat([out, fill], ignore_index=True).sort_values("open_time", kind="stable")
-    return ValidatedBatch(symbol, merged.reset_index(drop=True), filled)
+    return ValidatedBatch(symbol, merged.reset_index(drop=True), int(fills.sum()), gaps)
 
 
 def staleness_ms(newest_open_ms: int | None, now_ms: int) -> int | None:

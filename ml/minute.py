@@ -1,8 +1,9 @@
 """The minute pipeline's model-side steps as plain functions (the Celery tasks only call these).
 
-``feature_step``: sync the newest closed candles, read the anchored bars, compute the scaled
-``float32`` windows and park them in the window store. Each symbol ends ``ok`` with a key, or with
-a reason; one symbol's failure never stops the others.
+``feature_step``: make sure the newest closed candles are stored (the stream's watermark, else
+REST), read the anchored bars, judge each window's quality, compute the scaled ``float32`` windows
+and park them in the window store. Each symbol ends ``ok`` with a key, or with a reason; one
+symbol's failure never stops the others.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy.typing as npt
 
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, iso_minute
-from data.ingest import Ingestor
+from data.freshness import ensure_closed_candles
 from data.sources.base import CandleSource
 from data.store import CandleStore
-from data.validation import ValidationPolicy
+from data.stream.watermark import WatermarkStore
 from data.window_store import WindowStore, window_key
 from ml.decoding import decode
 from ml.features import FEATURE_SPEC, build_live_batch
@@ -46,43 +47,6 @@ class WindowRef:
         return cls(**doc)  # type: ignore[arg-type]
 
 
-def sync_until(
-    store: CandleStore,
-    source: CandleSource,
-    settings: Settings,
-    symbols: Sequence[str],
-    minute_ms: int,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, str]:
-    """Fetch candles up to (not including) ``minute_ms``; returns failure reasons per symbol.
-
-    An exchange publishes the just-closed candle a moment after the minute turns, so symbols whose
-    newest candle is still missing are polled again until ``pipeline.candle_wait_seconds``.
-    """
-    ingestor = Ingestor(store, source, ValidationPolicy.from_settings(settings))
-    deadline = time.monotonic() + settings.pipeline.candle_wait_seconds
-    waiting = list(symbols)
-    failures: dict[str, str] = {}
-    while True:
-        report = ingestor.sync(waiting, initial_minutes=settings.data.sync_initial_minutes, end_ms=minute_ms)
-        for symbol, outcome in report.failed.items():
-            if outcome.rule != "stale":
-                failures[symbol] = f"{outcome.rule}: {outcome.detail}"
-        newest = store.newest(source.name, [s for s in waiting if s not in failures])
-        waiting = [
-            s
-            for s in waiting
-            if s not in failures and (s not in newest or newest[s].open_time < minute_ms - MINUTE_MS)
-        ]
-        if not waiting or time.monotonic() >= deadline:
-            break
-        sleep(0.5)
-    for symbol in waiting:
-        failures[symbol] = f"no closed candle for {iso_minute(minute_ms - MINUTE_MS)} yet"
-    return failures
-
-
 def feature_step(
     *,
     store: CandleStore,
@@ -93,13 +57,27 @@ def feature_step(
     symbols: Sequence[str],
     minute_ms: int,
     run_id: str,
+    watermarks: WatermarkStore | None = None,
 ) -> list[WindowRef]:
-    failures = sync_until(store, source, settings, symbols, minute_ms)
+    failures = ensure_closed_candles(
+        store, source, settings, symbols, minute_ms, watermarks=watermarks
+    ).failures
     usable = [s for s in symbols if s not in failures]
+    if usable:
+        panel = store.read_bars(
+            source.name, usable, minute_ms, FEATURE_SPEC.window, settings.data.bar_minutes
+        )
+        failures |= panel.quality_reasons(
+            FEATURE_SPEC.context,
+            settings.pipeline.max_filled_share,
+            settings.pipeline.min_real_share_newest_bar,
+        )
     refs = [WindowRef(symbol=s, ok=False, reason=failures[s]) for s in symbols if s in failures]
+    usable = [s for s in usable if s not in failures]
     if not usable:
         return refs
-    panel = store.read_bars(source.name, usable, minute_ms, FEATURE_SPEC.window, settings.data.bar_minutes)
+    if len(usable) < len(panel.symbols):
+        panel = panel.subset(usable)
     batch = build_live_batch(panel, scaler)
     stored = {window_key(run_id, s): batch.tensor[i] for i, s in enumerate(batch.symbols)}
     windows.put_many(stored, settings.pipeline.feature_ttl_seconds)

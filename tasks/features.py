@@ -43,6 +43,7 @@ def compute_symbols(
             symbols=symbols,
             minute_ms=parse_minute(minute),
             run_id=run_id,
+            watermarks=rt.watermarks,
         )
     except Exception as exc:  # one chunk's error must not break the minute's chord
         log.exception("feature chunk failed", minute=minute, symbols=len(symbols))

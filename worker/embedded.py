@@ -25,6 +25,9 @@ from data.locks import MemoryMinuteLock
 from data.signal_store import SignalStore
 from data.sources.factory import make_source
 from data.store import CandleStore
+from data.stream.factory import make_stream_service
+from data.stream.service import StreamThread
+from data.stream.watermark import MemoryWatermarks
 from data.window_store import MemoryWindowStore
 from worker.app import app
 from worker.queues import Queue
@@ -45,6 +48,7 @@ def build_embedded(settings: Settings) -> Runtime:
         lock=MemoryMinuteLock(),
         ledger=RunLedger(engine),
         signals=SignalStore(engine),
+        watermarks=MemoryWatermarks(),
     )
 
 
@@ -76,8 +80,14 @@ def configure_app_for_embedded() -> None:
 
 
 @contextmanager
-def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int = 4) -> Iterator[Runtime]:
-    """Run workers for every queue (and beat) in background threads for the ``with`` block."""
+def embedded_runtime(
+    settings: Settings, *, beat: bool = True, concurrency: int = 4, stream: bool = False
+) -> Iterator[Runtime]:
+    """Run workers for every queue (and beat) in background threads for the ``with`` block.
+
+    ``stream`` also runs the candle stream service (the simulator's minute feed, or the exchange's
+    WebSocket), so that feature tasks wait on its watermark as in a distributed deployment.
+    """
     configure_app_for_embedded()
     # Celery narrates every task received and its result at INFO: in one process beside the live
     # table that is noise (and payloads); the pipeline's own structured lines say what happened.
@@ -104,6 +114,13 @@ def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int 
     worker.ensure_started()
     # The worker marks this process as "inside a task"; the runner's own thread waits on results.
     _set_task_join_will_block(False)
+    streaming: StreamThread | None = None
+    if stream:
+        assert runtime.watermarks is not None
+        service = make_stream_service(
+            settings, runtime.store, runtime.source, runtime.watermarks, runtime.symbols()
+        )
+        streaming = StreamThread(service).start()
     clock: Any = None
     if beat:
         clock = EmbeddedService(app, thread=True, max_interval=1.0)
@@ -113,6 +130,8 @@ def embedded_runtime(settings: Settings, *, beat: bool = True, concurrency: int 
     finally:
         if clock is not None:
             clock.stop()
+        if streaming is not None:
+            streaming.stop()
         worker.stop()
         thread.join(timeout=10)
         install(None)

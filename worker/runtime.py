@@ -21,6 +21,7 @@ from data.signal_store import SignalStore
 from data.sources.base import CandleSource
 from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
+from data.stream.watermark import RedisWatermarks, WatermarkStore
 from data.window_store import RedisWindowStore, WindowStore
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class Runtime:
     lock: MinuteLock
     ledger: RunLedger
     signals: SignalStore
+    # Where the stream service's candle watermarks are (None: no stream; fetch over REST).
+    watermarks: WatermarkStore | None = None
     models: ModelServer | None = None
     trading: Trader | None = None
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,6 +109,7 @@ def build_distributed(settings: Settings) -> Runtime:
         lock=RedisMinuteLock(client),
         ledger=RunLedger(engine),
         signals=SignalStore(engine),
+        watermarks=RedisWatermarks(client),
     )
 
 

@@ -1,4 +1,4 @@
-"""Candles imported from CSV or Parquet files (format: docs/DATA_IMPORT.md).
+"""Candles imported from CSV, Parquet or ccxt/freqtrade JSON files (format: docs/DATA_IMPORT.md).
 
 The reader parses and never repairs: rows come back in file order, duplicates and gaps included, so
 that validation can reject bad data instead of it being hidden here.
@@ -6,6 +6,8 @@ that validation can reject bad data instead of it being hidden here.
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +22,11 @@ REQUIRED_VALUE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volu
 OPTIONAL_VALUE_COLUMNS: tuple[str, ...] = ("turnover",)
 CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+# ccxt's fetch_ohlcv and freqtrade's data files: ``[[ms, open, high, low, close, volume], …]``.
+JSON_SUFFIXES: tuple[str, ...] = (".json", ".json.gz")
+JSON_COLUMNS: tuple[str, ...] = ("timestamp", "open", "high", "low", "close", "volume")
+# The label imported rows are stored under when neither the user nor the file names an exchange.
+DEFAULT_IMPORT_LABEL = "import"
 # Anything earlier (1973-03-03) is almost surely seconds, not milliseconds, since the epoch.
 MIN_EPOCH_MS = 10**11
 # An offset only counts after a clock time: "2026-11-24" ends in "-24" but is a naive date.
@@ -29,7 +36,7 @@ _INT_TEXT = r"^[+-]?\d+$"
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    for suffix in (*CSV_SUFFIXES, *PARQUET_SUFFIXES):
+    for suffix in (*CSV_SUFFIXES, *PARQUET_SUFFIXES, *JSON_SUFFIXES):
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
@@ -43,11 +50,38 @@ def _load(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, low_memory=False)
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)
+        if suffix in JSON_SUFFIXES:
+            return _load_json_rows(path)
     except FileFormatError:
         raise
     except Exception as exc:  # pandas and pyarrow raise many unrelated types for unreadable files
         raise FileFormatError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from exc
-    raise FileFormatError(f"{path}: unsupported file type {suffix!r}; use {CSV_SUFFIXES + PARQUET_SUFFIXES}")
+    known = CSV_SUFFIXES + PARQUET_SUFFIXES + JSON_SUFFIXES
+    raise FileFormatError(f"{path}: unsupported file type {suffix!r}; use {known}")
+
+
+def _load_json_rows(path: Path) -> pd.DataFrame:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        rows = json.load(fh)
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        raise FileFormatError(f"{path}: expected a JSON array of [ms, open, high, low, close, volume] rows")
+    bad = [i for i, r in enumerate(rows) if len(r) != len(JSON_COLUMNS)]
+    if bad:
+        raise FileFormatError(
+            f"{path}: data row {bad[0] + 1} has {len(rows[bad[0]])} values, expected "
+            f"{len(JSON_COLUMNS)} {list(JSON_COLUMNS)} ({len(bad)} bad row(s))"
+        )
+    return pd.DataFrame(rows, columns=list(JSON_COLUMNS))
+
+
+def exchange_label(path: str | Path) -> str:
+    """Where a file says its candles come from: freqtrade keeps ``<datadir>/<exchange>/<PAIR>-1m.json``,
+    so a parent folder named after a ccxt exchange is taken; anything else is ``import``."""
+    import ccxt
+
+    parent = Path(path).resolve().parent.name.lower()
+    return parent if parent in ccxt.exchanges else DEFAULT_IMPORT_LABEL
 
 
 def _normalise_columns(raw: pd.DataFrame, path: Path) -> pd.DataFrame:

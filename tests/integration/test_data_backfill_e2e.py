@@ -55,7 +55,7 @@ def test_backfill_sync_twice_one_row_per_candle(migrated_url: str, monkeypatch: 
 
     status = CliRunner().invoke(app, ["data", "status", "--json"])
     assert status.exit_code == 0, status.output
-    records = json.loads(status.output)
+    records = json.loads(status.output)["symbols"]
     assert len(records) == 50
     assert all(r["missing_minutes"] == 0 for r in records)
     assert all(r["candles"] == 7 * 1440 + lag for r in records)

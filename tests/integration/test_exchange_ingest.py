@@ -44,7 +44,7 @@ def test_exchange_backfill_and_sync(migrated_url: str, monkeypatch: pytest.Monke
         sync = runner.invoke(app, ["data", "sync", "--symbols", f"{BTC},{ETH}"])
         assert sync.exit_code == 0, sync.output
         status = json.loads(runner.invoke(app, ["data", "status", "--json"]).output)
-        by_symbol = {r["symbol"]: r for r in status}
+        by_symbol = {r["symbol"]: r for r in status["symbols"]}
         assert by_symbol[XRP]["quarantine"] == "unknown_symbol"
         assert by_symbol[BTC]["missing_minutes"] == 0
         assert not by_symbol[BTC]["stale"]

@@ -46,7 +46,7 @@ def test_backfill_status_and_rerun(env: dict[str, str]) -> None:
     assert sync.exit_code == 0, sync.output
     status = runner.invoke(app, ["data", "status", "--json"])
     assert status.exit_code == 0, status.output
-    records = json.loads(status.output)
+    records = json.loads(status.output)["symbols"]
     assert [r["symbol"] for r in records] == sorted(SYMBOLS.split(","))
     assert all(r["missing_minutes"] == 0 and not r["stale"] and r["quarantine"] is None for r in records)
     table = runner.invoke(app, ["data", "status"])
@@ -63,7 +63,7 @@ def test_unknown_symbol_is_quarantined_with_exit_code_1(env: dict[str, str]) -> 
     assert "NOPE/USDT:USDT" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     status = mlsignals("data", "status", "--json", env=env)
-    records = {r["symbol"]: r for r in json.loads(status.stdout)}
+    records = {r["symbol"]: r for r in json.loads(status.stdout)["symbols"]}
     assert records["NOPE/USDT:USDT"]["quarantine"] == "unknown_symbol"
     assert records["BTC/USDT:USDT"]["candles"] == 144
 
@@ -129,7 +129,7 @@ def test_import_of_bad_file_writes_nothing(env: dict[str, str], tmp_path: Path) 
     assert absent.returncode == 2
     assert "Traceback" not in absent.stderr
     status = mlsignals("data", "status", "--json", env=env)
-    assert json.loads(status.stdout) == []
+    assert json.loads(status.stdout) == {"symbols": [], "exchange_outages": []}
 
 
 def test_db_commands(env: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 CPU_DOCKERFILE = "docker/Dockerfile"
 GPU_DOCKERFILE = "docker/Dockerfile.gpu"
 
-INFRA = {"redis", "postgres", "migrate", "beat", "flower"}
+INFRA = {"redis", "postgres", "migrate", "beat", "flower", "stream"}
 QUEUE_SERVICES = {q.value for q in Queue}
 ONE_SHOT = {"migrate"}
 OK_CONDITIONS = {"service_healthy", "service_completed_successfully"}
@@ -235,6 +235,14 @@ def test_flower() -> None:
     assert "--port=5555" in command
     assert "127.0.0.1:5555:5555" in [interpolate(str(p)) for p in flower["ports"]]
     assert "/healthcheck" in health_test(flower)
+
+
+def test_stream_is_one_candle_stream_service_checked_through_its_watermark() -> None:
+    stream = services()["stream"]
+    assert argv(stream["command"]) == ["mlsignals", "data", "stream"]
+    assert stream["healthcheck"]["test"] == ["CMD", "mlsignals", "data", "stream-status"]
+    assert "deploy" not in stream or stream["deploy"].get("replicas", 1) == 1
+    assert stream["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_migrate_is_a_one_shot_schema_upgrade() -> None:

@@ -14,6 +14,7 @@ TABLES = {
     "processed_market_data",
     "technical_indicators",
     "data_quarantine",
+    "candle_gaps",
     "pipeline_runs",
     "signals",
     "ml_predictions",

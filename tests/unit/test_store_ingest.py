@@ -6,59 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import SourceUnavailableError, UnknownSymbolError
 from core.timegrid import MINUTE_MS
 from data.bars import panel_from_candles
 from data.db import get_engine
 from data.ingest import Ingestor
 from data.store import CandleStore
-from data.validation import ValidationPolicy
+from data.validation import ValidationPolicy, validate_batch
+from tests.support.sources import ScriptedSource
 
 DAY = 1440 * MINUTE_MS
 END = 1_763_942_400_000  # 2025-11-24T00:00Z
 POLICY = ValidationPolicy(max_fill_gap_minutes=3, max_abs_log_return=0.25, stale_after_ms=300_000)
-
-
-def history(symbol_seed: int, start: int, end: int) -> pd.DataFrame:
-    n = (end - start) // MINUTE_MS
-    rng = np.random.default_rng(symbol_seed)
-    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
-    open_ = np.concatenate([[50.0], close[:-1]])
-    return pd.DataFrame(
-        {
-            "open_time": start + MINUTE_MS * np.arange(n, dtype=np.int64),
-            "open": open_,
-            "high": np.maximum(open_, close) * 1.0005,
-            "low": np.minimum(open_, close) * 0.9995,
-            "close": close,
-            "volume": rng.uniform(0, 5, n),
-            "turnover": np.nan,
-        }
-    )
-
-
-class ScriptedSource:
-    """A CandleSource over in-memory histories, with per-symbol faults for the failure paths."""
-
-    name = "scripted"
-
-    def __init__(self, symbols: list[str], start: int, end: int) -> None:
-        self.data = {s: history(i, start, end) for i, s in enumerate(symbols)}
-        self.unavailable: set[str] = set()
-        self.calls: list[tuple[str, int, int]] = []
-
-    def list_symbols(self) -> list[str]:
-        return list(self.data)
-
-    def fetch(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        self.calls.append((symbol, start_ms, end_ms))
-        if symbol in self.unavailable:
-            raise SourceUnavailableError(f"{symbol}: exchange timed out 5 times")
-        if symbol not in self.data:
-            raise UnknownSymbolError(symbol, self.name)
-        frame = self.data[symbol]
-        ts = frame["open_time"]
-        return frame[(ts >= start_ms) & (ts < end_ms)].reset_index(drop=True)
 
 
 SYMBOLS = ["AAA/USDT:USDT", "BBB/USDT:USDT", "CCC/USDT:USDT"]
@@ -147,12 +105,34 @@ def test_bad_candle_writes_nothing_of_that_batch(store: CandleStore, source: Scr
     assert status[SYMBOLS[1]].candles == 1440
 
 
-def test_sync_detects_a_gap_after_stored_history(store: CandleStore, source: ScriptedSource) -> None:
+def test_sync_resumes_at_once_after_an_outage_and_records_it(
+    store: CandleStore, source: ScriptedSource
+) -> None:
     ingestor(store, source, END - 60 * MINUTE_MS).backfill(SYMBOLS[:1], 1)
     frame = source.data[SYMBOLS[0]]
+    # The exchange printed nothing for 10 minutes: 60 .. 50 minutes before END.
     source.data[SYMBOLS[0]] = frame[frame["open_time"] >= END - 50 * MINUTE_MS].reset_index(drop=True)
     report = ingestor(store, source).sync(SYMBOLS[:1], initial_minutes=10)
-    assert report.failed[SYMBOLS[0]].rule == "gap"
+    assert report.ok
+    assert report.outcomes[SYMBOLS[0]].newest_open_ms == END - MINUTE_MS
+    assert report.outcomes[SYMBOLS[0]].filled == 10
+    [gap] = store.gaps("scripted")
+    assert (gap.symbol, gap.start_ms, gap.minutes, gap.filled, gap.outage) == (
+        SYMBOLS[0],
+        END - 60 * MINUTE_MS,
+        10,
+        10,
+        True,
+    )
+    # A re-run records nothing twice, and the real candles, when they turn up, replace the fillers.
+    assert ingestor(store, source).sync(SYMBOLS[:1], initial_minutes=10).inserted == 0
+    assert len(store.gaps("scripted")) == 1
+    late = frame.iloc[-60:-50].reset_index(drop=True)
+    repaired = validate_batch(late, SYMBOLS[0], now_ms=END, policy=POLICY)
+    assert store.write("scripted", [repaired]) == 10
+    stored = store.read_candles("scripted", SYMBOLS[0], END - 60 * MINUTE_MS, END - 50 * MINUTE_MS)
+    assert not stored["is_filled"].any()
+    assert np.allclose(stored["close"], frame["close"].iloc[-60:-50])
 
 
 def test_stale_symbol_is_flagged(store: CandleStore, source: ScriptedSource) -> None:
@@ -179,6 +159,10 @@ def test_read_bars_in_sql_equals_numpy_aggregation(store: CandleStore, source: S
         np.testing.assert_allclose(getattr(panel, name), getattr(expected, name), rtol=1e-12, equal_nan=True)
     assert panel.complete[:3].all()
     assert not panel.complete[3].any()
+    # The filled minute is counted in its bar, on both paths.
+    np.testing.assert_array_equal(panel.filled_minutes(), expected.filled_minutes())
+    assert panel.filled_minutes()[2].sum() == 1
+    assert panel.filled_minutes()[:2].sum() == 0
 
 
 def test_turnover_nulls_and_filled_flags_round_trip(store: CandleStore, source: ScriptedSource) -> None:

@@ -124,14 +124,72 @@ def test_short_gap_is_filled_with_flat_candles_at_previous_close() -> None:
     assert (filled["volume"] == 0).all()
 
 
-def test_long_gap_rejects_the_batch() -> None:
+def test_long_gap_is_an_outage_filled_flagged_and_reported() -> None:
     frame = candles(10).drop(index=[2, 3, 4, 5]).reset_index(drop=True)
-    assert rule_of(frame, now_ms=T0 + 20 * MINUTE_MS) == "gap"
+    batch = validate_batch(frame, "X", now_ms=T0 + 20 * MINUTE_MS, policy=POLICY)
+    assert batch.filled_minutes == 4
+    assert list(batch.frame["open_time"]) == [T0 + i * MINUTE_MS for i in range(10)]
+    assert batch.frame["is_filled"].tolist() == [False, False, True, True, True, True] + [False] * 4
+    [gap] = batch.gaps
+    assert (gap.start_ms, gap.end_ms, gap.minutes, gap.filled, gap.outage) == (
+        T0 + 2 * MINUTE_MS,
+        T0 + 6 * MINUTE_MS,
+        4,
+        4,
+        True,
+    )
+    assert gap.describe() == "long gap 2023-11-14T22:16:00Z .. 2023-11-14T22:20:00Z (4 min)"
+
+
+def test_short_gaps_are_reported_but_are_not_outages() -> None:
+    frame = candles(8).drop(index=[2, 5, 6]).reset_index(drop=True)
+    batch = validate_batch(frame, "X", now_ms=NOW, policy=POLICY)
+    assert [(g.minutes, g.outage) for g in batch.gaps] == [(1, False), (2, False)]
+
+
+def test_only_the_newest_minutes_of_a_very_long_gap_are_filled() -> None:
+    policy = ValidationPolicy(max_fill_gap_minutes=3, max_gap_fill_minutes=5)
+    start = T0 + 100 * MINUTE_MS
+    batch = validate_batch(
+        candles(2, start),
+        "X",
+        now_ms=start + 5 * MINUTE_MS,
+        policy=policy,
+        expected_start_ms=T0,
+        prev_close=1.0,
+    )
+    [gap] = batch.gaps
+    assert (gap.minutes, gap.filled) == (100, 5)
+    assert batch.frame["open_time"].iloc[0] == start - 5 * MINUTE_MS
+    assert batch.filled_minutes == 5
+
+
+def test_a_price_that_moved_during_an_outage_is_not_a_spike() -> None:
+    start = T0 + 30 * MINUTE_MS
+    # +40 % across a 30-minute outage is real; the same move from one minute to the next is not.
+    moved = validate_batch(
+        candles(2, start) * [1, 1.4, 1.4, 1.4, 1.4, 1, 1.4],
+        "X",
+        now_ms=start + 5 * MINUTE_MS,
+        policy=POLICY,
+        expected_start_ms=T0,
+        prev_close=100.0,
+    )
+    assert moved.gaps[0].outage
+    assert rule_of(candles(2, T0) * [1, 1.4, 1.4, 1.4, 1.4, 1, 1.4], prev_close=100.0) == "price_spike"
+
+
+def test_missing_minutes_before_a_first_candle_are_filled_at_its_open() -> None:
+    batch = validate_batch(candles(2), "X", now_ms=NOW, policy=POLICY, expected_start_ms=T0 - 2 * MINUTE_MS)
+    assert batch.filled_minutes == 2
+    assert (batch.frame.loc[batch.frame["is_filled"], "close"] == 99.5).all()
 
 
 def test_gap_against_stored_history() -> None:
-    # Stored history ends 5 minutes before this batch starts: longer than the fill limit.
-    assert rule_of(candles(), expected_start_ms=T0 - 5 * MINUTE_MS, prev_close=100.0) == "gap"
+    batch_long = validate_batch(
+        candles(), "X", now_ms=NOW, policy=POLICY, expected_start_ms=T0 - 5 * MINUTE_MS, prev_close=100.0
+    )
+    assert [(g.minutes, g.outage) for g in batch_long.gaps] == [(5, True)]
     batch = validate_batch(
         candles(), "X", now_ms=NOW, policy=POLICY, expected_start_ms=T0 - 2 * MINUTE_MS, prev_close=99.0
     )
