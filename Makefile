@@ -38,6 +38,9 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.bench_features
 	$(BIN)/python -m benchmarks.bench_model
 	$(BIN)/python -m benchmarks.bench_pipeline --symbols 50 100 500 --minutes 10
+	$(BIN)/python -m benchmarks.bench_rest
+	$(BIN)/python -m benchmarks.bench_stream
+	$(BIN)/python -m benchmarks.bench_pipeline --source exchange --rest-latency-ms 150 --symbols 100 500 --minutes 10
 	$(BIN)/python -m benchmarks.bench_orders
 
 clean:

@@ -6,6 +6,13 @@ worker processes exactly as in production (features with ``--concurrency 2`` on 
 replays consecutive minutes back to back and prints p50 / p99 of each stage and of the whole minute.
 Targets (DESIGN.md §8, 2 cores, no GPU): 100 symbols <= 2.5 s, 500 symbols <= 8 s per minute.
 The model is an untrained UnifiedPatchTST of the default size: timing does not depend on training.
+
+``--source exchange [--rest-latency-ms 150]``: the same minutes against the project's local Bybit v5
+servers instead of the simulator: REST answers each kline request after the injected latency, and
+the candle stream service runs (real ccxt pro feed on the local WebSocket server, REST repair
+through the gateway, watermarks in Redis). Each minute starts the moment the just-closed minute's
+500 confirmed candles are pushed on the WebSocket, as beat fires when an exchange closes a minute:
+the feature tasks wait for the stream's watermark, so the figures include the stream's latency.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
 import torch
 from celery import Celery
+from sqlalchemy import Engine
 
 from benchmarks.common import scratch_postgres
 from core.logging import configure_logging
@@ -57,6 +67,87 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(present), q)) if present else float("nan")
 
 
+def worker_env(url: str, registry: Registry, n_symbols: int, chunk: int) -> dict[str, str]:
+    for number in (7, 8, 9):
+        redis.Redis.from_url(f"{REDIS}/{number}").flushdb()
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
+        "MLSIG_DATABASE_URL": url,
+        "MLSIG_REDIS_URL": f"{REDIS}/9",
+        "MLSIG_CELERY__BROKER_URL": f"{REDIS}/7",
+        "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS}/8",
+        "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
+        "MLSIG_DATA__UNIVERSE_SIZE": str(n_symbols),
+        "MLSIG_PIPELINE__SYMBOLS_PER_TASK": str(chunk),
+        "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
+        "MLSIG_PIPELINE__CHANNEL": f"bench-{uuid.uuid4().hex[:6]}",
+        "MLSIG_LOG_LEVEL": "WARNING",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+
+
+def untrained_registry(root: Path) -> Registry:
+    registry = Registry(root)
+    torch.manual_seed(0)
+    n = FEATURE_SPEC.n_features
+    scaler = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
+    registry.register(build_model(ModelConfig()), scaler, {"note": "benchmark"}, {})
+    return registry
+
+
+def replay(
+    env: dict[str, str],
+    tmp: Path,
+    engine: Engine,
+    first: int,
+    minutes: int,
+    before_minute: Callable[[int], None] = lambda minute_ms: None,
+) -> tuple[list[Any], list[float]]:
+    """Start the fleet and replay ``minutes`` minutes from ``first``; returns ledger rows, wall times."""
+    client = Celery(
+        "bench",
+        broker=env["MLSIG_CELERY__BROKER_URL"],
+        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
+        set_as_current=False,
+    )
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    with running_fleet(env, tmp) as fleet:
+        # The fleet starts one single-process features worker; a second one uses the second core.
+        fleet.start(Queue.FEATURES, "--concurrency", "1")
+        for _ in range(240):
+            if len(client.control.ping(timeout=0.5) or []) >= len(Queue) + 1:
+                break
+        ledger = RunLedger(engine)
+        walls: list[float] = []
+        # One untimed minute first: worker processes import and load the model lazily.
+        for i in range(-1, minutes):
+            minute_ms = first + i * MINUTE_MS
+            began = time.perf_counter()
+            before_minute(minute_ms)
+            started = client.send_task(
+                "tasks.pipeline.run_minute", args=[iso_minute(minute_ms), True], queue="control"
+            )
+            outcome = started.get(timeout=60)
+            client.AsyncResult(outcome["result_id"]).get(timeout=120)
+            if i >= 0:
+                walls.append(time.perf_counter() - began)
+        runs = [ledger.get(minute_dt(iso_minute(first + i * MINUTE_MS))) for i in range(minutes)]
+    client.close()
+    return runs, walls
+
+
+def report(title: str, runs: list[Any], walls: list[float]) -> None:
+    stages = {s: [float(r.timings.get(s, np.nan)) for r in runs if r is not None] for s in STAGES}
+    ok = sum(1 for r in runs if r is not None and r.status == "done")
+    print(f"\n{title} ({ok} of {len(runs)} minutes done)")
+    reasons = sorted({reason for r in runs if r is not None for reason in r.failures.values()})
+    if reasons:
+        print(f"  failure reasons seen: {reasons[:3]}")
+    print(f"  {'stage':<22}{'p50 ms':>10}{'p99 ms':>10}   (p99 of {len(runs)} minutes = their maximum)")
+    for stage, values in stages.items():
+        print(f"  {stage:<22}{pct(values, 50) * 1000:>10.0f}{pct(values, 99) * 1000:>10.0f}")
+    print(f"  {'client end to end':<22}{pct(walls, 50) * 1000:>10.0f}{pct(walls, 99) * 1000:>10.0f}")
+
+
 def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
     market = SimulatedMarket()
     symbols = market.list_symbols()[:n_symbols]
@@ -67,66 +158,41 @@ def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
         loaded = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
             symbols, history, end_ms=end
         )
-        registry = Registry(tmp / f"models-{n_symbols}")
-        torch.manual_seed(0)
-        n = FEATURE_SPEC.n_features
-        scaler = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
-        registry.register(build_model(ModelConfig()), scaler, {"note": "benchmark"}, {})
-        for number in (7, 8, 9):
-            redis.Redis.from_url(f"{REDIS}/{number}").flushdb()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
-            "MLSIG_DATABASE_URL": url,
-            "MLSIG_REDIS_URL": f"{REDIS}/9",
-            "MLSIG_CELERY__BROKER_URL": f"{REDIS}/7",
-            "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS}/8",
-            "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
-            "MLSIG_DATA__UNIVERSE_SIZE": str(n_symbols),
-            "MLSIG_PIPELINE__SYMBOLS_PER_TASK": str(chunk),
-            "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
-            "MLSIG_PIPELINE__CHANNEL": f"bench-{uuid.uuid4().hex[:6]}",
-            "MLSIG_LOG_LEVEL": "WARNING",
-            "OPENBLAS_NUM_THREADS": "1",
-        }
-        client = Celery(
-            "bench",
-            broker=env["MLSIG_CELERY__BROKER_URL"],
-            backend=env["MLSIG_CELERY__RESULT_BACKEND"],
-            set_as_current=False,
-        )
-        client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-        with running_fleet(env, tmp) as fleet:
-            # The fleet starts one single-process features worker; a second one uses the second core.
-            fleet.start(Queue.FEATURES, "--concurrency", "1")
-            for _ in range(240):
-                if len(client.control.ping(timeout=0.5) or []) >= len(Queue) + 1:
-                    break
-            ledger = RunLedger(engine)
-            walls: list[float] = []
-            first = end - minutes * MINUTE_MS
-            # One untimed minute first: worker processes import and load the model lazily.
-            for i in range(-1, minutes):
-                minute = iso_minute(first + i * MINUTE_MS)
-                began = time.perf_counter()
-                started = client.send_task("tasks.pipeline.run_minute", args=[minute, True], queue="control")
-                outcome = started.get(timeout=60)
-                client.AsyncResult(outcome["result_id"]).get(timeout=120)
-                if i >= 0:
-                    walls.append(time.perf_counter() - began)
-            runs = [ledger.get(minute_dt(iso_minute(first + i * MINUTE_MS))) for i in range(minutes)]
-        client.close()
-    stages = {s: [float(r.timings.get(s, np.nan)) for r in runs if r is not None] for s in STAGES}
-    ok = sum(1 for r in runs if r is not None and r.status == "done")
-    print(
-        f"\n{n_symbols} symbols, {minutes} minutes replayed ({ok} done), "
-        f"{-(-len(symbols) // chunk)} feature tasks per minute, {loaded.inserted:,} candles loaded"
+        registry = untrained_registry(tmp / f"models-{n_symbols}")
+        env = worker_env(url, registry, n_symbols, chunk)
+        runs, walls = replay(env, tmp, engine, end - minutes * MINUTE_MS, minutes)
+    report(
+        f"{n_symbols} symbols from the simulator, {minutes} minutes replayed, "
+        f"{-(-len(symbols) // chunk)} feature tasks per minute, {loaded.inserted:,} candles loaded",
+        runs,
+        walls,
     )
-    reasons = sorted({reason for r in runs if r is not None for reason in r.failures.values()})
-    if reasons:
-        print(f"  failure reasons seen: {reasons[:3]}")
-    print(f"  {'stage':<22}{'p50 ms':>10}{'p99 ms':>10}")
-    for stage, values in stages.items():
-        print(f"  {stage:<22}{pct(values, 50) * 1000:>10.0f}{pct(values, 99) * 1000:>10.0f}")
-    print(f"  {'client end to end':<22}{pct(walls, 50) * 1000:>10.0f}{pct(walls, 99) * 1000:>10.0f}")
+
+
+def run_size_exchange(n_symbols: int, minutes: int, chunk: int, tmp: Path, latency_s: float) -> None:
+    from benchmarks.exchange_minute import exchange_minute_rig
+
+    end = floor_minute(now_ms()) - 2 * MINUTE_MS
+    first = end - minutes * MINUTE_MS
+    with scratch_postgres() as url:
+        engine = db.get_engine(url)
+        registry = untrained_registry(tmp / f"models-x-{n_symbols}")
+        env = worker_env(url, registry, n_symbols, chunk)
+        with exchange_minute_rig(env, engine, n_symbols, first, latency_s) as rig:
+            runs, walls = replay(env, tmp, engine, first, minutes, rig.close_minute)
+            stream_lag = rig.stream_latencies()
+    report(
+        f"{n_symbols} symbols from the local Bybit servers (REST latency {latency_s * 1000:.0f} ms, "
+        f"stream running), {minutes} minutes, {-(-n_symbols // chunk)} feature tasks per minute",
+        runs,
+        walls,
+    )
+    if stream_lag:
+        print(
+            f"  stream: minute close -> all {n_symbols} stored + watermark: "
+            f"p50 {pct(stream_lag, 50) * 1000:.0f} ms, max {max(stream_lag) * 1000:.0f} ms "
+            f"over {len(stream_lag)} minutes"
+        )
 
 
 def main() -> None:
@@ -134,11 +200,16 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, nargs="+", default=[50, 100, 500])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--chunk", type=int, default=50, help="symbols per feature task")
+    parser.add_argument("--source", choices=["simulator", "exchange"], default="simulator")
+    parser.add_argument("--rest-latency-ms", type=float, default=150.0, help="with --source exchange")
     args = parser.parse_args()
     configure_logging("WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.symbols:
-            run_size(n, args.minutes, args.chunk, Path(tmp))
+            if args.source == "exchange":
+                run_size_exchange(n, args.minutes, args.chunk, Path(tmp), args.rest_latency_ms / 1000)
+            else:
+                run_size(n, args.minutes, args.chunk, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ COLUMNS = ("exchange", "symbol", "interval", "open_time", *FLOAT_COLUMNS, "is_fi
 
 
 def _encode_group(
-    exchange: bytes, symbol: bytes, interval: bytes, frame: pd.DataFrame, turnover_null: bool
+    exchange: bytes, symbol: bytes | np.ndarray, interval: bytes, frame: pd.DataFrame, turnover_null: bool
 ) -> bytes:
+    """``symbol`` is one name for every row, or an array of names that all have the same length."""
+    symbol_len = len(symbol) if isinstance(symbol, bytes) else int(symbol.dtype.itemsize)
     fields: list[tuple[str, str]] = [("n", ">i2")]
-    for name, text in (("exchange", exchange), ("symbol", symbol), ("interval", interval)):
-        fields += [(f"l_{name}", ">i4"), (name, f"S{len(text)}")]
+    for name, size in (("exchange", len(exchange)), ("symbol", symbol_len), ("interval", len(interval))):
+        fields += [(f"l_{name}", ">i4"), (name, f"S{size}")]
     fields += [("l_open_time", ">i4"), ("open_time", ">i8")]
     for name in FLOAT_COLUMNS:
         fields.append((f"l_{name}", ">i4"))
@@ -30,8 +32,12 @@ def _encode_group(
     fields += [("l_is_filled", ">i4"), ("is_filled", "u1")]
     rows = np.empty(len(frame), dtype=np.dtype(fields))
     rows["n"] = len(COLUMNS)
-    for name, text in (("exchange", exchange), ("symbol", symbol), ("interval", interval)):
-        rows[f"l_{name}"] = len(text)
+    for name, text, size in (
+        ("exchange", exchange, len(exchange)),
+        ("symbol", symbol, symbol_len),
+        ("interval", interval, len(interval)),
+    ):
+        rows[f"l_{name}"] = size
         rows[name] = text
     rows["l_open_time"] = 8
     rows["open_time"] = frame["open_time"].to_numpy(dtype=np.int64)
@@ -57,3 +63,23 @@ def encode_candles(exchange: str, symbol: str, interval: str, frame: pd.DataFram
     return _encode_group(ex, sym, iv, frame[~null_turnover], False) + _encode_group(
         ex, sym, iv, frame[null_turnover], True
     )
+
+
+def encode_rows(exchange: str, interval: str, rows: pd.DataFrame) -> bytes:
+    """Rows of many symbols (a ``symbol`` column beside the candle columns and ``is_filled``).
+
+    A binary COPY field carries its own length, but a numpy record is fixed-width: rows are encoded
+    in groups of symbols of one byte length (a handful of groups for any universe)."""
+    ex, iv = exchange.encode(), interval.encode()
+    names = rows["symbol"].to_numpy(dtype=object)
+    encoded = np.array([n.encode() for n in names], dtype=object)
+    lengths = np.fromiter((len(n) for n in encoded), dtype=np.int64, count=len(encoded))
+    null_turnover = rows["turnover"].isna().to_numpy()
+    parts = []
+    for size in np.unique(lengths):
+        for null in (False, True):
+            mask = (lengths == size) & (null_turnover == null)
+            if mask.any():
+                symbols = np.array(list(encoded[mask]), dtype=f"S{size}")
+                parts.append(_encode_group(ex, symbols, iv, rows[mask], turnover_null=null))
+    return b"".join(parts)

@@ -116,6 +116,17 @@ class CandleStore:
             _gap_rows(exchange, batches),
         )
 
+    def write_rows(self, exchange: str, rows: pd.DataFrame) -> int:
+        """Insert validated, gap-free candles of many symbols at once: ``rows`` has a ``symbol``
+        column, the candle columns and ``is_filled``. The stream's every-flush path: one frame and
+        one encode for 500 symbols instead of 500 batches."""
+        if rows.empty:
+            return 0
+        if self.dialect == "postgresql":
+            return self._copy_postgres(pgcopy.encode_rows(exchange, INTERVAL, rows), [])
+        tagged = rows.assign(exchange=exchange, interval=INTERVAL)
+        return self._write_generic(tagged, [])
+
     @staticmethod
     def _tagged(exchange: str, batch: ValidatedBatch) -> pd.DataFrame:
         frame = batch.frame
@@ -127,9 +138,10 @@ class CandleStore:
         return out
 
     def _write_postgres(self, exchange: str, batches: Sequence[ValidatedBatch]) -> int:
-        payload = b"".join(
-            [pgcopy.HEADER, *(pgcopy.encode_candles(exchange, b.symbol, INTERVAL, b.frame) for b in batches)]
-        )
+        payload = b"".join(pgcopy.encode_candles(exchange, b.symbol, INTERVAL, b.frame) for b in batches)
+        return self._copy_postgres(payload, _gap_rows(exchange, batches))
+
+    def _copy_postgres(self, payload: bytes, gaps: list[tuple[Any, ...]]) -> int:
         cols = ", ".join(pgcopy.COLUMNS)
         with self._driver_transaction() as driver, driver.cursor() as cur:
             cur.execute(
@@ -137,13 +149,12 @@ class CandleStore:
                 "(LIKE raw_market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             with cur.copy(f"COPY stage_raw_market_data ({cols}) FROM STDIN WITH (FORMAT binary)") as copy:
-                copy.write(payload + pgcopy.TRAILER)
+                copy.write(pgcopy.HEADER + payload + pgcopy.TRAILER)
             cur.execute(
                 f"INSERT INTO raw_market_data ({cols}) SELECT {cols} FROM stage_raw_market_data "
                 f"ON CONFLICT ON CONSTRAINT pk_raw_market_data {_REAL_REPLACES_FILLER}"
             )
             written = int(cur.rowcount)
-            gaps = _gap_rows(exchange, batches)
             if gaps:
                 marks = ", ".join("%s" for _ in _GAP_COLUMNS)
                 cur.executemany(

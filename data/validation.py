@@ -159,6 +159,24 @@ def validate_batch(
     return _fill_gaps(candles, symbol, policy, expected_start_ms, prev_close)
 
 
+def failing_rows(
+    ts: np.ndarray, values: np.ndarray, prev_close: np.ndarray, policy: ValidationPolicy
+) -> np.ndarray:
+    """The rows that break a rule, checked for many symbols' next minutes at once.
+
+    ``values`` are ``[n, 6]`` open, high, low, close, volume, turnover; ``prev_close`` is each row's
+    previous close (NaN where unknown). The caller guarantees one row per minute, in order, with no
+    hole; a failing row's symbol goes through ``validate_batch`` for the rule's name and message.
+    """
+    o, h, lo, c, v = values[:, 0], values[:, 1], values[:, 2], values[:, 3], values[:, 4]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bad = ~np.isfinite(values[:, :5]).all(axis=1) | (ts % MINUTE_MS != 0)
+        bad |= (values[:, :4] <= 0).any(axis=1) | (v < 0)
+        bad |= (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (h < lo)
+        bad |= np.abs(np.log(c / prev_close)) > policy.max_abs_log_return
+    return bad
+
+
 def _previous_open(ts: np.ndarray, expected_start_ms: int | None) -> int:
     return int(ts[0] - MINUTE_MS if expected_start_ms is None else expected_start_ms - MINUTE_MS)
 

@@ -8,6 +8,7 @@ from celery import Task
 
 from core.errors import TemporaryError
 from core.logging import get_logger
+from core.settings import get_settings
 from core.timegrid import parse_minute
 from tasks.common import now_iso_minute
 from trading.intents import OrderIntentMessage
@@ -16,8 +17,11 @@ from worker.runtime import get_runtime
 
 log = get_logger(__name__)
 
-# Backoff between retries of a temporary failure (exchange unreachable, outcome unknown).
-MAX_RETRY_DELAY_S = 60.0
+# Celery's autoretry reads its options from the task when the module is imported, like every other
+# task option (time limits, acks): the worker's settings at start-up decide, a change needs a worker
+# restart. Celery's backoff factor is whole seconds (``retry_backoff`` below 1 counts as 1).
+_RETRY = get_settings().trading
+MAX_RETRY_DELAY_S = 60
 
 
 @app.task(
@@ -31,6 +35,16 @@ MAX_RETRY_DELAY_S = 60.0
     reject_on_worker_lost=True,
     soft_time_limit=20,
     time_limit=30,
+    # A temporary failure (exchange unreachable, outcome unknown) is retried with exponential
+    # backoff and full jitter: a countdown drawn from [0, min(60, base * 2**retries)] seconds.
+    autoretry_for=(TemporaryError,),
+    max_retries=_RETRY.max_retries,
+    retry_backoff=max(1, round(_RETRY.retry_base_delay_s)),
+    retry_backoff_max=MAX_RETRY_DELAY_S,
+    retry_jitter=True,
+    # No expiry on the retry: an order in doubt must be reconciled even after its minute. (The retry
+    # message otherwise inherits the request's options, the minute's deadline among them.)
+    retry_kwargs={"expires": None},
 )
 def execute(self: Task, intent: dict[str, Any]) -> dict[str, Any]:
     message = OrderIntentMessage.model_validate(intent)
@@ -38,17 +52,13 @@ def execute(self: Task, intent: dict[str, Any]) -> dict[str, Any]:
     try:
         return trader.execute(message).to_json()
     except TemporaryError as exc:
-        limits = trader.settings.trading
         retries = int(self.request.retries or 0)
-        if retries >= limits.max_retries:
-            log.error("order intent gave up", client_order_id=message.client_order_id, error=str(exc))
-            raise
-        delay = min(limits.retry_base_delay_s * 2**retries, MAX_RETRY_DELAY_S)
-        log.warning(
-            "order intent retry", client_order_id=message.client_order_id, delay_s=delay, error=str(exc)
-        )
-        # No expiry on the retry: an order in doubt must be reconciled even after its minute.
-        raise self.retry(exc=exc, countdown=delay, max_retries=limits.max_retries, expires=None) from exc
+        context = {"client_order_id": message.client_order_id, "retries": retries, "error": str(exc)}
+        if self.max_retries is not None and retries >= self.max_retries:
+            log.error("order intent gave up", **context)
+        else:
+            log.warning("order intent will be retried", **context)
+        raise  # Celery's autoretry schedules the retry, or re-raises once max_retries is spent
 
 
 @app.task(

@@ -12,6 +12,11 @@ This module only talks to the exchange and classifies what comes back; the execu
 * ``InsufficientFunds``, ``InvalidOrder``, ``BadSymbol``/``BadRequest``, ``AuthenticationError`` and
   any other ``ExchangeError``: permanent, ``OrderRejectedError`` with the exchange's reason.
 
+Reads (markets, order look-ups, positions, balance) run under the exchange gateway's retry policy
+(``data.exchange.retry``: ``NetworkError`` only, exponential backoff with jitter) before a failure is
+reported; a create or cancel is sent once and never retried blindly. Every request waits for the
+gateway's rate limiter (shared with the candle source of the process, or of the host through Redis).
+
 The client order id goes out as ccxt's ``clientOrderId`` (Bybit ``orderLinkId``), so the exchange
 itself refuses a second order with the same id. Stop-loss and take-profit are attached to the entry
 order, so the exchange closes the position even when no worker is running.
@@ -29,7 +34,9 @@ import ccxt
 from core.errors import BrokerUnavailableError, OrderRejectedError
 from core.logging import get_logger
 from core.settings import Settings
-from data.sources.exchange import build_exchange
+from data.exchange.client import build_exchange
+from data.exchange.limiter import RateLimiter, make_limiter
+from data.exchange.retry import RetryPolicy
 from trading.credentials import Credentials
 from trading.sizing import MarketRules
 
@@ -134,11 +141,25 @@ def classify(exc: Exception, op: str, *, places: bool) -> Exception:
 
 
 class LiveBroker:
-    """One ccxt client per process (ccxt clients are not thread-safe: calls are serialised)."""
+    """One synchronous ccxt client per process (ccxt clients are not thread-safe: calls are
+    serialised). ``limiter`` defaults to the process's in-process budget for the exchange; pass the
+    Redis-shared one (``data.exchange.limiter.make_limiter``) to share the host's. An injected
+    ``exchange`` is used as given."""
 
-    def __init__(self, settings: Settings, credentials: Credentials, exchange: Any | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        exchange: Any | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.settings = settings
-        self._exchange = exchange if exchange is not None else build_exchange(settings.exchange)
+        self.limiter = limiter if limiter is not None else make_limiter(settings.exchange)
+        self._exchange = (
+            exchange if exchange is not None else build_exchange(settings.exchange, limiter=self.limiter)
+        )
+        self._policy = RetryPolicy.from_settings(settings.exchange)
         # Set on the client object only: never passed around, never logged.
         self._exchange.apiKey = credentials.api_key.get_secret_value()
         self._exchange.secret = credentials.api_secret.get_secret_value()
@@ -151,15 +172,29 @@ class LiveBroker:
         self._exchange.close()
 
     def _call(self, op: str, fn: Any, *args: Any, places: bool = False) -> Any:
-        with self._lock:
-            try:
+        """One request, never repeated: its outcome is the exchange's to tell (look-ups decide)."""
+        try:
+            with self._lock:
                 return fn(*args)
-            except Exception as exc:
-                raise classify(exc, op, places=places) from None
+        except Exception as exc:
+            raise classify(exc, op, places=places) from None
+
+    def _read(self, op: str, fn: Any, *args: Any) -> Any:
+        """A read, retried under the gateway's policy; the lock is held per attempt, not while
+        waiting, so another thread's call can go in between."""
+
+        def attempt() -> Any:
+            with self._lock:
+                return fn(*args)
+
+        try:
+            return self._policy.retrying(source=self._exchange.id, op=op)(attempt)
+        except Exception as exc:
+            raise classify(exc, op, places=False) from None
 
     def _load(self) -> dict[str, Any]:
         if self._markets is None:
-            self._markets = self._call("load_markets", self._exchange.load_markets)
+            self._markets = self._read("load_markets", self._exchange.load_markets)
         return self._markets
 
     def market_rules(self, symbol: str) -> MarketRules:
@@ -210,7 +245,7 @@ class LiveBroker:
             ("fetch_open_orders", self._exchange.fetch_open_orders),
             ("fetch_closed_orders", self._exchange.fetch_canceled_and_closed_orders),
         ):
-            found = self._call(op, fn, symbol, None, None, params)
+            found = self._read(op, fn, symbol, None, None, params)
             for order in found:
                 if order.get("clientOrderId") == client_order_id:
                     return ExchangeOrder.from_ccxt(order)
@@ -225,7 +260,7 @@ class LiveBroker:
     def positions(self) -> list[ExchangePosition]:
         self._load()
         out = []
-        for p in self._call("fetch_positions", self._exchange.fetch_positions):
+        for p in self._read("fetch_positions", self._exchange.fetch_positions):
             qty = float(p.get("contracts") or 0.0)
             if qty <= 0 or p.get("side") not in ("long", "short"):
                 continue
@@ -247,7 +282,7 @@ class LiveBroker:
     def balance(self, currency: str) -> tuple[float, float]:
         """``(wallet balance, equity)`` of ``currency`` (equity includes unrealised PnL)."""
         self._load()
-        raw = self._call("fetch_balance", self._exchange.fetch_balance)
+        raw = self._read("fetch_balance", self._exchange.fetch_balance)
         wallet = float((raw.get(currency) or {}).get("total") or 0.0)
         equity = wallet
         for account in ((raw.get("info") or {}).get("result") or {}).get("list") or []:

@@ -57,6 +57,8 @@ class Runtime:
     signals: SignalStore
     # Where the stream service's candle watermarks are (None: no stream; fetch over REST).
     watermarks: WatermarkStore | None = None
+    # The distributed run's Redis client (None embedded): shares the exchange's request budget.
+    redis_client: redis.Redis | None = None
     models: ModelServer | None = None
     trading: Trader | None = None
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,7 +82,7 @@ class Runtime:
             if self.trading is None:
                 from trading.factory import build_trader
 
-                self.trading = build_trader(self.settings, self.store, self.source.name)
+                self.trading = build_trader(self.settings, self.store, self.source.name, self.redis_client)
             return self.trading
 
     def champion_version(self) -> str | None:
@@ -103,13 +105,15 @@ def build_distributed(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         store=CandleStore(engine),
-        source=make_source(settings),
+        # The exchange gateway's request budget is shared through Redis by every process on the host.
+        source=make_source(settings, client),
         windows=RedisWindowStore(client),
         bus=RedisBus(client),
         lock=RedisMinuteLock(client),
         ledger=RunLedger(engine),
         signals=SignalStore(engine),
         watermarks=RedisWatermarks(client),
+        redis_client=client,
     )
 
 

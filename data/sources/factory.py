@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core.settings import Settings
 from data.sources.base import CandleSource
 
 
-def make_source(settings: Settings) -> CandleSource:
+def make_source(settings: Settings, redis_client: Any | None = None) -> CandleSource:
+    """The configured source. An exchange source gets its own gateway, whose request limiter is
+    shared by every process on the host through ``redis_client`` when one is given."""
     if settings.data.source == "exchange":
         from data.sources.exchange import ExchangeCandleSource
 
-        return ExchangeCandleSource(settings.exchange)
+        return ExchangeCandleSource.from_settings(settings, redis_client)
     from data.sources.simulator import SimulatedMarket
 
     return SimulatedMarket.from_settings(settings.simulator)

@@ -26,19 +26,21 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
 from tenacity import RetryCallState, wait_random_exponential
 
 from core.errors import DataValidationError, PermanentError
 from core.logging import get_logger
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
-from data.candles import candles_from_rows
+from data.candles import CANDLE_COLUMNS, candles_from_rows
 from data.ingest import Ingestor
 from data.sources.base import CandleSource
 from data.store import CandleStore
 from data.stream.feed import CandleFeed, KlineUpdate
 from data.stream.watermark import WatermarkStore
-from data.validation import ValidatedBatch, ValidationPolicy, validate_batch
+from data.validation import ValidatedBatch, ValidationPolicy, failing_rows, validate_batch
 
 log = get_logger(__name__)
 
@@ -208,7 +210,10 @@ class CandleStreamService:
         return out
 
     def _write(self, repaired: set[str]) -> int:
-        batches: list[ValidatedBatch] = []
+        """Write what can be written: the common case (a symbol's next minutes, no hole) for every
+        symbol at once, checked and encoded as one table; repaired or suspect symbols one by one."""
+        plain: dict[str, list[KlineUpdate]] = {}
+        slow: dict[str, list[KlineUpdate]] = {}
         for symbol, pending in self._pending.items():
             if not pending:
                 continue
@@ -218,32 +223,64 @@ class CandleStreamService:
                 if mark is None:
                     continue  # nothing stored yet: only a repair may start this symbol's history
                 keys = _contiguous(keys, mark + MINUTE_MS)
-            if not keys:
-                continue
-            batch = self._validate(symbol, [pending[k] for k in keys], mark)
+            if keys:
+                target = slow if symbol in repaired else plain
+                target[symbol] = [pending[k] for k in keys]
+        rows, suspects = self._checked_rows(plain)
+        slow |= {s: plain[s] for s in suspects}
+        batches: list[ValidatedBatch] = []
+        for symbol, updates in slow.items():
+            batch = self._validate(symbol, updates, self._marks.get(symbol))
             if batch is None:
-                for k in keys:
-                    del pending[k]
-                continue
-            batches.append(batch)
-        if not batches:
-            return 0
-        written = self.store.write(self.exchange, batches)
+                for u in updates:
+                    self._pending[symbol].pop(u.open_ms, None)
+            else:
+                batches.append(batch)
+        written = self.store.write_rows(self.exchange, rows) + self.store.write(self.exchange, batches)
+        self.stats.written += written
+        newest = {s: (int(t), float(c)) for s, t, c in _last_per_symbol(rows)}
+        newest |= {b.symbol: (int(b.newest_open_ms or 0), float(b.frame["close"].iloc[-1])) for b in batches}
         moved: dict[str, int] = {}
-        for batch in batches:
-            newest = batch.newest_open_ms
-            assert newest is not None
-            pending = self._pending[batch.symbol]
-            for k in [k for k in pending if k <= newest]:
+        for symbol, (open_ms, close) in newest.items():
+            pending = self._pending[symbol]
+            for k in [k for k in pending if k <= open_ms]:
                 del pending[k]
-            self._marks[batch.symbol] = newest
-            self._closes[batch.symbol] = float(batch.frame["close"].iloc[-1])
-            moved[batch.symbol] = newest
+            self._marks[symbol] = open_ms
+            self._closes[symbol] = close
+            moved[symbol] = open_ms
         self.watermarks.advance(self.exchange, moved)
         if repaired:
             self.store.release(self.exchange, sorted(repaired & set(moved)))
-        self.stats.written += written
         return written
+
+    def _checked_rows(self, plain: dict[str, list[KlineUpdate]]) -> tuple[pd.DataFrame, set[str]]:
+        """One table of every plain symbol's candles that pass the rules, and the symbols that did
+        not (validated again one by one, for the exact rule and quarantine)."""
+        names = list(plain)
+        updates = [u for s in names for u in plain[s]]
+        if not updates:
+            return pd.DataFrame(columns=["symbol", *CANDLE_COLUMNS, "is_filled"]), set()
+        counts = np.array([len(plain[s]) for s in names])
+        sym = np.repeat(np.arange(len(names)), counts)
+        ts = np.array([u.open_ms for u in updates], dtype=np.int64)
+        values = np.array(
+            [(u.open, u.high, u.low, u.close, u.volume, u.turnover) for u in updates], dtype=np.float64
+        )
+        prev = np.array([self._closes.get(s, np.nan) for s in names])[sym]
+        follows = np.r_[False, sym[1:] == sym[:-1]]
+        prev[follows] = values[:-1, 3][follows[1:]]
+        bad = failing_rows(ts, values, prev, self.policy)
+        suspects = {names[i] for i in np.unique(sym[bad])}
+        keep = ~np.isin(sym, [names.index(s) for s in suspects])
+        rows = pd.DataFrame(
+            {
+                "symbol": np.array(names, dtype=object)[sym[keep]],
+                "open_time": ts[keep],
+                **{c: values[keep, j] for j, c in enumerate(CANDLE_COLUMNS[1:])},
+                "is_filled": np.zeros(int(keep.sum()), dtype=bool),
+            }
+        )
+        return rows, suspects
 
     def _validate(self, symbol: str, updates: list[KlineUpdate], mark: int | None) -> ValidatedBatch | None:
         frame = candles_from_rows(
@@ -270,7 +307,9 @@ class CandleStreamService:
     def repair(self, symbols: Sequence[str], until: dict[str, int] | None) -> set[str]:
         """Bring ``symbols`` up to date over REST (up to ``until[symbol]``, default: now)."""
         with self._lock:
-            return self._repair_locked(list(symbols), until)
+            done = self._repair_locked(list(symbols), until)
+            self._announce()
+            return done
 
     def _repair_locked(self, symbols: list[str], until: dict[str, int] | None) -> set[str]:
         ends: dict[int, list[str]] = defaultdict(list)
@@ -325,9 +364,11 @@ class CandleStreamService:
         complete = min(current.values())
         if complete <= self._announced:
             return
+        # The first minute completes by the start-up repair, long after its close: not a latency.
+        streamed = self._announced != 0
         self._announced = complete
         lagging = sorted(s for s in self.symbols if s not in current)
-        if not lagging:
+        if not lagging and streamed:
             self.stats.minute_latency_s[complete] = (self.clock() - complete - MINUTE_MS) / 1000
         self.watermarks.announce_minute(self.exchange, complete, len(current), lagging)
         log.info(
@@ -337,6 +378,13 @@ class CandleStreamService:
             lagging=len(lagging),
             latency_s=self.stats.minute_latency_s.get(complete),
         )
+
+
+def _last_per_symbol(rows: pd.DataFrame) -> list[tuple[str, int, float]]:
+    if rows.empty:
+        return []
+    last = rows.groupby("symbol", sort=False).tail(1)
+    return list(zip(last["symbol"], last["open_time"], last["close"], strict=True))
 
 
 def _contiguous(keys: list[int], start: int) -> list[int]:

@@ -39,7 +39,14 @@ header is recorded with each request) act on one simulated unified account (``By
 Faults: ``server.inject(Fault.rate_limit(), times=2)`` makes the next two requests to a path (kline by
 default) answer with the fault instead. ``Fault.lost_reply()`` / ``Fault.slow_reply(s)`` run the handler
 first (the order *is* recorded) and then answer 500 or too late: an unknown outcome for the client.
-``server.requests(path)`` is the request log.
+``server.requests(path)`` is the request log, each request with its arrival time (``Request.at``,
+``time.monotonic()``).
+
+Load: ``latency_s`` delays every kline answer in its own handler thread, so concurrent requests
+overlap as on a real server. ``rate_limit=(n, per_seconds)`` is the server's budget, a sliding
+window over the requests it served (every path): a request beyond ``n`` in any ``per_seconds``
+answers HTTP 429 with Bybit's retCode 10006 (``server.throttled()`` lists them). ``max_in_window``
+and ``per_second`` count arrivals; ``peak_in_flight`` is the most requests handled at once.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import traceback
 import zlib
 from collections import deque
@@ -85,6 +93,7 @@ class Request:
     params: dict[str, str]
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
 
     def json(self) -> dict[str, Any]:
         loaded = json.loads(self.body or b"{}")
@@ -144,6 +153,17 @@ class Fault:
     def slow_reply(cls, seconds: float) -> Fault:
         """The request takes effect, the answer comes after ``seconds`` (past the client's timeout)."""
         return cls(delay_s=seconds, after_handler=True)
+
+
+def max_in_window(times: list[float], window_s: float) -> int:
+    """The most of ``times`` (seconds) that lie within any ``window_s``."""
+    times = sorted(times)
+    most, lo = 0, 0
+    for hi, at in enumerate(times):
+        while at - times[lo] >= window_s:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
 
 
 def _envelope(result: dict[str, Any], ret_code: int = 0, ret_msg: str = "OK") -> dict[str, Any]:
@@ -316,6 +336,10 @@ class BybitAccount:
 class _State:
     faults: dict[str, deque[Fault]] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
+    throttled: list[Request] = field(default_factory=list)
+    served_at: deque[float] = field(default_factory=deque)
+    in_flight: int = 0
+    peak_in_flight: int = 0
     errors: list[str] = field(default_factory=list)
     injected: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     account: BybitAccount = field(default_factory=BybitAccount)
@@ -333,8 +357,12 @@ class FakeExchangeServer:
         history_start_ms: int = 0,
         include_forming: bool = True,
         clock: Callable[[], int] = now_ms,
+        latency_s: float = 0.0,
+        rate_limit: tuple[int, float] | None = None,
     ) -> None:
         self.symbols = tuple(symbols)
+        self.latency_s = latency_s
+        self.rate_limit = rate_limit
         self.closed_symbols = tuple(closed_symbols)
         self.kline_unsupported = frozenset(kline_unsupported)
         self.history_start_ms = history_start_ms
@@ -429,9 +457,36 @@ class FakeExchangeServer:
         with self._lock:
             return [r for r in self._state.log if path is None or r.path == path]
 
+    def throttled(self, path: str | None = None) -> list[Request]:
+        """The requests answered 429 because they went beyond ``rate_limit``."""
+        with self._lock:
+            return [r for r in self._state.throttled if path is None or r.path == path]
+
+    def max_in_window(self, window_s: float = 1.0, path: str | None = None) -> int:
+        """The most requests that arrived within any ``window_s`` (a sliding window, not buckets)."""
+        return max_in_window([r.at for r in self.requests(path)], window_s)
+
+    def per_second(self, path: str | None = None) -> list[int]:
+        """Arrivals per second, counted from the first request."""
+        times = [r.at for r in self.requests(path)]
+        if not times:
+            return []
+        first = min(times)
+        counts = [0] * (int(max(times) - first) + 1)
+        for at in times:
+            counts[int(at - first)] += 1
+        return counts
+
+    @property
+    def peak_in_flight(self) -> int:
+        with self._lock:
+            return self._state.peak_in_flight
+
     def clear_requests(self) -> None:
         with self._lock:
             self._state.log.clear()
+            self._state.throttled.clear()
+            self._state.peak_in_flight = self._state.in_flight
 
     @property
     def errors(self) -> list[str]:
@@ -692,9 +747,38 @@ class FakeExchangeServer:
 
     def _answer(self, request: Request) -> Reply:
         with self._lock:
+            self._state.in_flight += 1
+            self._state.peak_in_flight = max(self._state.peak_in_flight, self._state.in_flight)
+        try:
+            return self._answer_counted(request)
+        finally:
+            with self._lock:
+                self._state.in_flight -= 1
+
+    def _over_budget(self, request: Request) -> bool:
+        """Counts ``request`` against ``rate_limit`` unless the window is full (then it is refused)."""
+        if self.rate_limit is None:
+            return False
+        limit, per_s = self.rate_limit
+        served = self._state.served_at
+        while served and request.at - served[0] >= per_s:
+            served.popleft()
+        if len(served) >= limit:
+            self._state.throttled.append(request)
+            return True
+        served.append(request.at)
+        return False
+
+    def _answer_counted(self, request: Request) -> Reply:
+        with self._lock:
             self._state.log.append(request)
+            if self._over_budget(request):
+                limited = Fault.rate_limit(http_status=429)
+                return Reply(limited.status, limited.body or {})
             queue = self._state.faults.get(request.path)
             fault = queue.popleft() if queue else None
+        if self.latency_s and request.path == KLINE_PATH:
+            self._stopping.wait(self.latency_s)
         if fault is not None and not fault.after_handler:
             if fault.delay_s:
                 self._stopping.wait(fault.delay_s)
@@ -722,6 +806,8 @@ class FakeExchangeServer:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 would make the 6th concurrent client wait for a SYN retry.
+    request_queue_size = 128
     app: FakeExchangeServer
 
 

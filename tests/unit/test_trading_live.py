@@ -44,6 +44,9 @@ from trading.risk import code_of
 from trading.sizing import round_down
 
 BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
+# Reads are retried inside a call (data.exchange.retry); a look-up that fails this often is an outage.
+READ_RETRIES = 2
+UNREACHABLE = READ_RETRIES + 1
 API_KEY = "LIVEKEY-5f1c9a77e3"
 API_SECRET = "LIVESECRET-0b6e2d4418"
 
@@ -59,7 +62,13 @@ def live_settings(server: FakeExchangeServer, url: str, **trading: object) -> Se
     return Settings(
         database_url=url,
         # No client-side throttling against the local server: the tests would mostly sleep.
-        exchange={"api_urls": {"all": server.base_url}, "timeout_ms": 400, "enable_rate_limit": False},
+        exchange={
+            "api_urls": {"all": server.base_url},
+            "timeout_ms": 400,
+            "enable_rate_limit": False,
+            "max_retries": READ_RETRIES,
+            "retry_base_delay_s": 0.02,
+        },
         trading={
             **TRADING,
             "mode": "live",
@@ -144,15 +153,35 @@ def test_unknown_outcome_with_the_exchange_unreachable_retries_then_reconciles(
     trader: Trader, server: FakeExchangeServer
 ) -> None:
     server.inject(Fault.lost_reply(502), path=ORDER_CREATE_PATH)
-    server.inject(Fault.server_error(503), path=ORDER_REALTIME_PATH)
+    server.inject(Fault.server_error(503), times=UNREACHABLE, path=ORDER_REALTIME_PATH)
     one = at_market(server, BTC, 0)
     with pytest.raises(BrokerUnavailableError):
         trader.execute(one)  # the task retries this later (tasks.orders.execute)
+    assert len(server.requests(ORDER_REALTIME_PATH)) == UNREACHABLE
     assert orders(trader)[0].status == "unknown"
     result = trader.execute(one)  # the Celery retry: the same message
     assert result.status == "filled"
     assert len(creates(server)) == 1
     assert len(server.exchange_orders()) == 1
+
+
+def test_a_look_up_that_fails_once_is_retried_within_the_call(
+    trader: Trader, server: FakeExchangeServer
+) -> None:
+    server.inject(Fault.lost_reply(502), path=ORDER_CREATE_PATH)
+    server.inject(Fault.server_error(503), path=ORDER_REALTIME_PATH)
+    one = at_market(server, BTC, 0)
+    result = trader.execute(one)  # no task retry needed: the read was retried
+    assert result.status == "filled"
+    assert len(creates(server)) == 1  # the create itself is never repeated blindly
+    assert len(server.exchange_orders()) == 1
+
+
+def test_create_is_never_retried_by_the_retry_policy(trader: Trader, server: FakeExchangeServer) -> None:
+    server.inject(Fault.server_error(503), times=UNREACHABLE, path=ORDER_CREATE_PATH)
+    with pytest.raises(BrokerUnavailableError):
+        trader.execute(at_market(server, BTC, 0))
+    assert len(creates(server)) == 1
 
 
 def test_a_request_that_never_arrived_is_sent_again_after_the_look_up(
@@ -256,7 +285,7 @@ def test_a_worker_that_died_mid_send_is_reconciled_at_the_next_start(
     server: FakeExchangeServer, sqlite_url: str, trader: Trader
 ) -> None:
     server.inject(Fault.slow_reply(1.0), path=ORDER_CREATE_PATH)
-    server.inject(Fault.server_error(503), path=ORDER_REALTIME_PATH)
+    server.inject(Fault.server_error(503), times=UNREACHABLE, path=ORDER_REALTIME_PATH)
     one = at_market(server, BTC, 0)
     with pytest.raises(BrokerUnavailableError):
         trader.execute(one)

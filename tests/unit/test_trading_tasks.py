@@ -6,9 +6,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.canvas import Signature
 from celery.exceptions import Retry
 
-from core.errors import BrokerUnavailableError
+from core.errors import BrokerUnavailableError, OrderRejectedError
+from core.settings import get_settings
 from tasks import orders
 from tests.support.trading import intent
 from worker import lifecycle
@@ -18,7 +20,6 @@ class StubTrader:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.reconciled = 0
-        self.settings = SimpleNamespace(trading=SimpleNamespace(max_retries=3, retry_base_delay_s=0.5))
 
     def execute(self, message: Any) -> Any:
         if self.error is not None:
@@ -36,33 +37,69 @@ def runtime_with(trader: StubTrader) -> Any:
     return SimpleNamespace(trader=lambda: trader)
 
 
-def test_a_temporary_failure_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+def push_worker_request(task: Any, doc: dict[str, Any], retries: int) -> None:
+    """The request a worker would run: the minute's deadline as its expiry, ``retries`` so far."""
+    task.push_request(
+        id="task-1",
+        args=[doc],
+        kwargs={},
+        retries=retries,
+        called_directly=False,
+        expires="2026-11-24T10:31:55+00:00",
+        delivery_info={"exchange": "", "routing_key": "orders"},
+    )
+
+
+def test_a_temporary_failure_is_retried_by_celery_with_backoff_and_no_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     trader = StubTrader(BrokerUnavailableError("exchange unreachable"))
     monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
-    asked: list[dict[str, Any]] = []
-
-    def retry(**options: Any) -> Exception:
-        asked.append(options)
-        return Retry("retry", options["exc"])
-
-    # Called directly, not through a broker: the test never touches the app's result backend.
-    monkeypatch.setattr(orders.execute, "retry", retry)
+    sent: list[Signature] = []
+    # Celery's own autoretry builds the retry message; only sending it is replaced.
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    task = orders.execute
+    assert task.max_retries == get_settings().trading.max_retries
     doc = intent().model_dump(mode="json")
-    for attempt, delay in [(0, 0.5), (2, 2.0)]:
-        orders.execute.push_request(retries=attempt)
+    countdowns: dict[int, list[float]] = {}
+    for retries in [0, 1, 4] * 10:
+        push_worker_request(task, doc, retries)
         try:
-            with pytest.raises(Retry):
-                orders.execute(doc)
+            with pytest.raises(Retry) as info:
+                task(doc)
         finally:
-            orders.execute.pop_request()
-        assert asked[-1]["countdown"] == delay  # 0.5 s doubled per attempt
-        assert asked[-1]["expires"] is None  # an order in doubt is reconciled even after its minute
-    orders.execute.push_request(retries=3)  # max_retries reached: the error itself
+            task.pop_request()
+        assert isinstance(info.value.exc, BrokerUnavailableError)
+        options = sent[-1].options
+        assert options["expires"] is None  # an order in doubt is reconciled even after its minute
+        assert options["retries"] == retries + 1
+        cap = min(orders.MAX_RETRY_DELAY_S, task.retry_backoff * 2**retries)
+        assert 0 <= options["countdown"] <= cap  # exponential, full jitter
+        countdowns.setdefault(retries, []).append(options["countdown"])
+    assert len(set(countdowns[4])) > 1  # jittered, not one fixed delay
+    before = len(sent)
+    push_worker_request(task, doc, task.max_retries)  # max_retries spent: the error itself
     try:
         with pytest.raises(BrokerUnavailableError):
+            task(doc)
+    finally:
+        task.pop_request()
+    assert len(sent) == before
+
+
+def test_a_permanent_failure_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    trader = StubTrader(OrderRejectedError("insufficient funds"))
+    monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
+    sent: list[Signature] = []
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    doc = intent().model_dump(mode="json")
+    push_worker_request(orders.execute, doc, 0)
+    try:
+        with pytest.raises(OrderRejectedError):
             orders.execute(doc)
     finally:
         orders.execute.pop_request()
+    assert sent == []
 
 
 def test_the_task_returns_the_outcome(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -211,3 +211,34 @@ def test_staleness() -> None:
     assert is_stale(None, NOW, POLICY)
     assert not is_stale(NOW - 5 * MINUTE_MS, NOW, POLICY)
     assert is_stale(NOW - 7 * MINUTE_MS, NOW, POLICY)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("close", float("nan")),
+        ("volume", float("inf")),
+        ("low", -1.0),
+        ("high", 50.0),  # below open and close
+        ("low", 500.0),  # above open and close
+        ("volume", -3.0),
+        ("close", 1000.0),  # a 2.3 log-return spike
+        (None, None),  # clean
+    ],
+)
+def test_the_vectorised_check_agrees_with_the_rules(column: str | None, value: float | None) -> None:
+    from data.validation import failing_rows
+
+    frame = candles(4)
+    if column is not None:
+        frame.loc[2, column] = value
+    values = frame[["open", "high", "low", "close", "volume", "turnover"]].to_numpy()
+    prev = np.r_[99.0, values[:-1, 3]]
+    flagged = failing_rows(frame["open_time"].to_numpy(), values, prev, POLICY)
+    try:
+        validate_batch(frame, "X", now_ms=NOW, policy=POLICY, prev_close=99.0)
+        refused = False
+    except DataValidationError:
+        refused = True
+    assert flagged.any() == refused
+    assert flagged.tolist() == [False, False, refused, refused and column == "close" and value == 1000.0]
