@@ -94,6 +94,7 @@ def exchange_minute_rig(
         store = CandleStore(engine)
         # Everything before the warm-up minute's candle (first - 2 minutes) is history.
         _load_history(store, rest, ids, history_start, first - MINUTE_MS)
+        store.analyze()
         env.update(
             {
                 "MLSIG_DATA__SOURCE": "exchange",

@@ -23,6 +23,8 @@ from data.validation import Gap, ValidatedBatch, ValidationPolicy, is_stale, val
 log = get_logger(__name__)
 
 CHUNK_MINUTES = 1440
+# A backfill this large changes the table's statistics enough to matter to the bar read's plan.
+ANALYZE_AFTER_ROWS = 100_000
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Ingestor:
             for s in active
         }
         self._run(report, todo, end, progress)
+        if report.inserted >= ANALYZE_AFTER_ROWS:
+            self.store.analyze()
         return report
 
     def sync(

@@ -377,6 +377,14 @@ class CandleStore:
             )
         return out
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics after a bulk load. Without them PostgreSQL reads a freshly
+        loaded table's bars with a sequential scan (about 2.5x slower for 50 of 500 symbols) until
+        autovacuum gets round to it; SQLite needs nothing."""
+        if self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE raw_market_data")
+
     # -- gaps -----------------------------------------------------------------------------------
     def gaps(
         self, exchange: str, *, since_ms: int = 0, outages_only: bool = False, limit: int = 100_000

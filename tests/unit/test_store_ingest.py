@@ -178,3 +178,24 @@ def test_turnover_nulls_and_filled_flags_round_trip(store: CandleStore, source: 
         stored.loc[real, "turnover"].to_numpy(), expected.loc[real, "turnover"].to_numpy()
     )
     assert stored.loc[~real, "turnover"].tolist() == [0.0]
+
+
+def test_a_large_backfill_refreshes_the_planner_statistics(
+    store: CandleStore, source: ScriptedSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import data.ingest
+
+    monkeypatch.setattr(data.ingest, "ANALYZE_AFTER_ROWS", 1000)
+    ingestor(store, source).backfill(SYMBOLS, 1)
+    if store.dialect != "postgresql":
+        return
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        analyzed = conn.execute(
+            text(
+                "SELECT last_analyze FROM pg_stat_user_tables "
+                "WHERE relname = 'raw_market_data' AND schemaname = current_schema()"
+            )
+        ).scalar()
+    assert analyzed is not None
