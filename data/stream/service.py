@@ -113,7 +113,7 @@ class CandleStreamService:
         attempt = 0
         try:
             while not stop.is_set():
-                await asyncio.to_thread(self.repair, self.symbols, None)
+                await self._catch_up()
                 began = time.monotonic()
                 ended = await self._session(stop)
                 if ended is None:
@@ -128,6 +128,15 @@ class CandleStreamService:
             await asyncio.gather(flusher, return_exceptions=True)
             await self.feed.close()
             await asyncio.to_thread(self.flush)
+
+    async def _catch_up(self) -> None:
+        """Bring every symbol up to date over REST before streaming. An exchange or database that is
+        down now must not stop the stream: the once-a-minute repair of lagging symbols retries."""
+        try:
+            await asyncio.to_thread(self.repair, self.symbols, None)
+        except Exception:
+            self.stats.flush_errors += 1
+            log.exception("stream start-up repair failed; streaming anyway, lagging symbols are retried")
 
     async def _session(self, stop: asyncio.Event) -> str | None:
         """Run the feed until it ends (returns why) or ``stop`` is set (returns None)."""
@@ -218,6 +227,9 @@ class CandleStreamService:
             if not pending:
                 continue
             mark = self._marks.get(symbol)
+            if mark is not None:
+                for stale in [k for k in pending if k <= mark]:
+                    del pending[stale]  # stored meanwhile by a repair
             keys = sorted(pending)
             if symbol not in repaired:
                 if mark is None:
@@ -349,8 +361,11 @@ class CandleStreamService:
             return
         self._laggards_checked_for = minute
         newest_closed = minute - MINUTE_MS
+        # Without history a symbol's streamed candles cannot be written: repair it whatever is pending.
         behind = [
-            s for s in self.symbols if self._marks.get(s, -1) < newest_closed and not self._pending.get(s)
+            s
+            for s in self.symbols
+            if s not in self._marks or (self._marks[s] < newest_closed and not self._pending.get(s))
         ]
         if behind:
             log.info("stream repairing symbols left behind", symbols=len(behind), minute=iso_minute(minute))

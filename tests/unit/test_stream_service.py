@@ -284,8 +284,8 @@ def test_the_service_reconnects_and_repairs_what_it_missed(
         feed.push(minute(source, END))
         assert marks.wait("scripted", SYMBOLS, END, 10) == set(SYMBOLS)
         # Disconnected for 5 minutes: the reconnect brings every symbol up to date over REST first.
+        clock.ms = END + 6 * MINUTE_MS  # before the drop: the reconnect may come at once
         feed.drop()
-        clock.ms = END + 6 * MINUTE_MS
         assert marks.wait("scripted", SYMBOLS, END + 5 * MINUTE_MS, 10) == set(SYMBOLS)
         assert feed.connected.wait(10)
         feed.push(minute(source, END + 6 * MINUTE_MS))
@@ -304,3 +304,26 @@ def test_backoff_grows_with_jitter_and_is_capped(
     assert all(0 <= d <= 8.0 for row in delays for d in row)
     assert len({round(d, 6) for d in delays[1]}) > 100  # jittered, not one fixed delay
     assert max(delays[0]) <= 1.0 < max(delays[1])
+
+
+def test_an_exchange_down_at_start_up_does_not_stop_the_stream(
+    store: CandleStore, source: ScriptedSource, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = ScriptedFeed()
+    svc, marks = service(store, source, clock, feed)
+
+    def down() -> list[str]:
+        raise SourceUnavailableError("exchange under maintenance")
+
+    monkeypatch.setattr(source, "list_symbols", down)
+    with StreamThread(svc) as thread:
+        assert feed.connected.wait(10)  # streaming although the REST catch-up failed
+        monkeypatch.undo()
+        # Back up: the next minute's laggard repair fills history, the stream goes on.
+        clock.ms = END + MINUTE_MS + 2500
+        feed.push(minute(source, END))
+        assert marks.wait("scripted", SYMBOLS, END, 10) == set(SYMBOLS)
+    assert thread.error is None
+    assert svc.stats.flush_errors >= 1
+    # The late repair took the initial 600 minutes back from its own minute, END + 1.
+    assert_exactly_once(store, source, END - 599 * MINUTE_MS, END + MINUTE_MS)
