@@ -127,7 +127,9 @@ class CandleStreamService:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self.feed.close()
-            await asyncio.to_thread(self.flush)
+            # What arrived since the last flush is written too: a clean stop loses nothing.
+            leftover, self._inbox = self._inbox, []
+            await asyncio.to_thread(self.flush, leftover)
 
     async def _catch_up(self) -> None:
         """Bring every symbol up to date over REST before streaming. An exchange or database that is

@@ -48,6 +48,7 @@ class ScriptedFeed:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue[list[KlineUpdate] | None] | None = None
         self.connected = threading.Event()
+        self.delivered = threading.Event()
         self.connections = 0
 
     async def run(self, symbols: Sequence[str], sink: UpdateSink) -> None:
@@ -61,6 +62,7 @@ class ScriptedFeed:
                 self.connected.clear()
                 raise SourceUnavailableError("connection dropped")
             sink(item)
+            self.delivered.set()
 
     def push(self, updates: list[KlineUpdate]) -> None:
         assert self.loop is not None
@@ -327,3 +329,19 @@ def test_an_exchange_down_at_start_up_does_not_stop_the_stream(
     assert svc.stats.flush_errors >= 1
     # The late repair took the initial 600 minutes back from its own minute, END + 1.
     assert_exactly_once(store, source, END - 599 * MINUTE_MS, END + MINUTE_MS)
+
+
+def test_a_clean_stop_writes_what_arrived_since_the_last_flush(
+    store: CandleStore, source: ScriptedSource, clock: Clock
+) -> None:
+    feed = ScriptedFeed()
+    svc, marks = service(store, source, clock, feed, flush_interval_s=1.0)
+    thread = StreamThread(svc).start()
+    assert feed.connected.wait(10)
+    clock.ms = END + MINUTE_MS
+    feed.push(minute(source, END))
+    assert feed.delivered.wait(10)
+    thread.stop()  # most likely before the next flush, a second away
+    assert thread.error is None
+    assert marks.get("scripted", SYMBOLS) == dict.fromkeys(SYMBOLS, END)
+    assert_exactly_once(store, source, END - 600 * MINUTE_MS, END + MINUTE_MS)
