@@ -109,7 +109,10 @@ class CandleStreamService:
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Stream until ``stop`` is set: connect, repair, consume, reconnect on any loss."""
-        flusher = asyncio.create_task(self._flush_loop(stop))
+        # The flusher stops on its own event, after its current flush: cancelling it could drop a
+        # batch it had taken from the inbox but not yet handed to its thread.
+        halt = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_loop(halt))
         attempt = 0
         try:
             while not stop.is_set():
@@ -124,7 +127,7 @@ class CandleStreamService:
                 log.warning("stream reconnecting", reason=ended, attempt=attempt, delay_s=round(delay, 2))
                 await _wait(stop, delay)
         finally:
-            flusher.cancel()
+            halt.set()
             await asyncio.gather(flusher, return_exceptions=True)
             await self.feed.close()
             # What arrived since the last flush is written too: a clean stop loses nothing.
@@ -165,10 +168,12 @@ class CandleStreamService:
         self._inbox.extend(updates)
         self.stats.received += len(updates)
 
-    async def _flush_loop(self, stop: asyncio.Event) -> None:
+    async def _flush_loop(self, halt: asyncio.Event) -> None:
         interval = self.settings.stream.flush_interval_s
-        while not stop.is_set():
-            await _wait(stop, interval)
+        while True:
+            await _wait(halt, interval)
+            if halt.is_set():
+                return  # the final flush in ``run`` takes what is left
             batch, self._inbox = self._inbox, []
             try:
                 await asyncio.to_thread(self.flush, batch)
