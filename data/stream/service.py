@@ -188,7 +188,7 @@ class CandleStreamService:
         with self._lock:
             self._accept(updates)
             now = self.monotonic()
-            holes = [s for s in self._hole_symbols(now)]
+            holes = self._hole_symbols(now)
             repaired: set[str] = set()
             if holes:
                 repaired = self._repair_locked(holes, until={s: min(self._pending[s]) for s in holes})
