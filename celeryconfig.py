@@ -15,12 +15,23 @@ _settings = _get_settings()
 
 broker_url = _settings.celery.broker_url or _redis_db_url(_settings.redis_url, 0)
 result_backend = _settings.celery.result_backend or _redis_db_url(_settings.redis_url, 1)
+# RabbitMQ (docs/RELIABILITY.md, "Choosing a broker") or Redis; the results backend and the signal
+# feeds stay on Redis either way.
+_amqp = broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+# A lost broker connection is retried forever, at start-up too: a worker waits out a broker restart.
+broker_connection_retry = True
 broker_connection_retry_on_startup = True
-broker_transport_options = {
-    "visibility_timeout": _settings.celery.visibility_timeout_seconds,
-    "unacked_restore_interval": _settings.celery.unacked_restore_interval_seconds,
-    "unacked_restore_throttle": 1,
-}
+broker_connection_max_retries = None
+if _amqp:
+    # Publisher confirms: a send returns once the broker has the message (quorum queues: a majority).
+    broker_transport_options: dict[str, object] = {"confirm_publish": True}
+else:
+    broker_transport_options = {
+        "visibility_timeout": _settings.celery.visibility_timeout_seconds,
+        "unacked_restore_interval": _settings.celery.unacked_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+    }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 
 task_serializer = "json"
@@ -33,7 +44,7 @@ result_extended = False
 timezone = "UTC"
 enable_utc = True
 
-task_queues = _queues.task_queues()
+task_queues = _queues.task_queues(quorum=_amqp)
 task_routes = _queues.task_routes()
 task_default_queue = _queues.Queue.CONTROL.value
 task_create_missing_queues = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.live import Live
@@ -14,6 +15,9 @@ from core.errors import MLSignalsError
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms, parse_minute
 from data.messages import HeartbeatMessage, SignalMessage, parse_message
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 ROWS = 20
 
@@ -70,6 +74,14 @@ def minute_line(beat: HeartbeatMessage, seconds: float | None) -> str:
     )
 
 
+def ensure_alive(rt: Runtime) -> None:
+    """Stop with a clear error (and a non-zero exit) when an embedded worker thread died: a
+    supervisor (systemd, Compose) then restarts the whole process."""
+    problem = rt.health() if rt.health is not None else None
+    if problem is not None:
+        raise MLSignalsError(f"embedded pipeline stopped: {problem}; restart `mlsignals run`")
+
+
 @clean_errors
 def run(
     minutes: int = typer.Option(
@@ -117,6 +129,7 @@ def run(
                     try:
                         _channel, raw = inbox.get(timeout=0.5)
                     except queue.Empty:
+                        ensure_alive(rt)
                         continue
                     beat = board.feed(raw)
                     live.update(board.table())

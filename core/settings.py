@@ -174,6 +174,22 @@ class PipelineSettings(BaseModel):
     min_real_share_newest_bar: float = Field(0.5, ge=0.0, le=1.0)
     heartbeat_channel: str = "signals:heartbeat"
     channel: str = "signals"
+    # The durable feed beside pub/sub: every signal and heartbeat is also appended to this Redis
+    # Stream, trimmed to about this many entries (a day of 500 symbols is 720,000).
+    stream_key: str = "signals:stream"
+    stream_maxlen: int = Field(1_000_000, ge=1000)
+    # The minute supervisor (beat, every supervise_interval_seconds) re-dispatches a running minute
+    # whose stage made no progress for stall_seconds, at most max_attempts dispatches in all, and
+    # closes (and announces) a run still open at its deadline.
+    supervise_interval_seconds: float = Field(5.0, gt=0)
+    stall_seconds: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    # Minutes without any run (beat or broker down) are recorded as ``missed`` at the next start,
+    # looking back at most this far.
+    missed_lookback_minutes: int = Field(1440, ge=0)
+    # Transient infrastructure errors (database, Redis) inside a minute's task are retried by Celery
+    # with exponential backoff and full jitter, bounded by the minute's deadline.
+    task_max_retries: int = Field(4, ge=0)
 
 
 class MarketRuleSettings(BaseModel):

@@ -67,6 +67,8 @@ class HeartbeatMessage(_Message):
     actionable: int = Field(ge=0)
     failed: int = Field(ge=0)
     sent_at: datetime
+    # Why a minute produced nothing (missed, skipped, failed); absent when it ran.
+    note: str | None = None
 
 
 Message = Annotated[SignalMessage | HeartbeatMessage, Field(discriminator="type")]

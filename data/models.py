@@ -173,6 +173,13 @@ class PipelineRun(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The minute supervisor's bookkeeping: how often the chord was dispatched, and the stage the run
+    # last reached (dispatched, inference, publish) and when.
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    stage_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_pipeline_runs_status", "status"),)
 
 
 class SignalRecord(Base):

@@ -1,7 +1,8 @@
 """After the signals are stored: publish them on the bus and hand back what needs an order.
 
 Channels: ``signals`` (every signal), ``signals:<SYMBOL>`` (one symbol's), and the heartbeat
-channel (one message per minute). Messages are validated by ``data.messages`` before they leave.
+channel (one message per minute status). Each message also goes to the durable stream
+(``pipeline.stream_key``), once (``data.bus``). Messages are validated by ``data.messages``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from core.settings import Settings
-from data.bus import SignalBus
+from data.bus import BusItem, SignalBus
 from data.messages import DirectionProbabilities, HeartbeatMessage, SignalMessage
 from data.models import SignalRecord
 from data.signal_store import SignalStore
@@ -41,16 +42,25 @@ def symbol_channel(settings: Settings, symbol: str) -> str:
 def publish_pending(
     store: SignalStore, bus: SignalBus, settings: Settings, minute: datetime, model_version: str
 ) -> int:
-    """Publish the minute's signals not yet published; returns how many were sent now."""
+    """Publish the minute's signals not yet published; returns how many were sent now.
+
+    The rows are marked published after the bus took them; a step that dies in between is redone
+    by its redelivery, and the bus drops what it already sent.
+    """
     rows = store.unpublished(minute, model_version)
-    messages: list[tuple[str, str]] = []
-    for row in rows:
-        payload = signal_message(row).model_dump_json()
-        messages.append((settings.pipeline.channel, payload))
-        messages.append((symbol_channel(settings, row.symbol), payload))
-    bus.publish_many(messages)
+    items = [
+        BusItem(
+            dedupe_id=f"signal:{row.id}",
+            kind="signal",
+            sequence=str(row.id),
+            payload=signal_message(row).model_dump_json(),
+            channels=(settings.pipeline.channel, symbol_channel(settings, row.symbol)),
+        )
+        for row in rows
+    ]
+    sent = bus.publish_once(items)
     store.mark_published([r.id for r in rows])
-    return len(rows)
+    return sent
 
 
 def publish_heartbeat(
@@ -64,7 +74,9 @@ def publish_heartbeat(
     signals: int,
     actionable: int,
     failed: int,
+    note: str | None = None,
 ) -> HeartbeatMessage:
+    """One heartbeat per minute and status (a repeated step does not repeat it)."""
     beat = HeartbeatMessage(
         minute=minute,
         status=status,
@@ -73,7 +85,16 @@ def publish_heartbeat(
         signals=signals,
         actionable=actionable,
         failed=failed,
+        note=note,
         sent_at=datetime.now(UTC),
     )
-    bus.publish_many([(settings.pipeline.heartbeat_channel, beat.model_dump_json())])
+    minute_iso = beat.minute.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    item = BusItem(
+        dedupe_id=f"heartbeat:{minute_iso}:{status}",
+        kind="heartbeat",
+        sequence=minute_iso,
+        payload=beat.model_dump_json(),
+        channels=(settings.pipeline.heartbeat_channel,),
+    )
+    bus.publish_once([item])
     return beat

@@ -10,6 +10,7 @@ from celery import Task
 from core.logging import get_logger
 from core.timegrid import parse_minute
 from ml.minute import WindowRef, feature_step
+from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
 from worker.app import app
 from worker.runtime import get_runtime
 
@@ -25,6 +26,7 @@ log = get_logger(__name__)
     reject_on_worker_lost=True,
     soft_time_limit=40,
     time_limit=50,
+    **MINUTE_RETRY,
 )
 def compute_symbols(
     self: Task, symbols: list[str], minute: str, run_id: str, model_version: str
@@ -45,11 +47,14 @@ def compute_symbols(
             run_id=run_id,
             watermarks=rt.watermarks,
         )
+    except TRANSIENT_ERRORS as exc:
+        if (self.request.retries or 0) < (self.max_retries or 0):
+            log.warning("feature chunk will be retried", minute=minute, error=f"{type(exc).__name__}: {exc}")
+            raise  # Celery's autoretry: the same chunk again after a backoff, before the deadline
+        refs = _failed(symbols, exc)
     except Exception as exc:  # one chunk's error must not break the minute's chord
         log.exception("feature chunk failed", minute=minute, symbols=len(symbols))
-        refs = [
-            WindowRef(s, False, reason=f"feature task error: {type(exc).__name__}: {exc}") for s in symbols
-        ]
+        refs = _failed(symbols, exc)
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     out = [r.to_json() for r in refs]
     elapsed = round(time.perf_counter() - began, 4)
@@ -58,3 +63,7 @@ def compute_symbols(
         if redelivered:
             doc["redelivered"] = True
     return out
+
+
+def _failed(symbols: list[str], exc: BaseException) -> list[WindowRef]:
+    return [WindowRef(s, False, reason=f"feature task error: {type(exc).__name__}: {exc}") for s in symbols]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from core.timegrid import parse_minute
-from data.ledger import FAILED
+from data.ledger import FAILED, INFERENCE
 from ml.minute import WindowRef, inference_step
+from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
 from worker.app import app
 from worker.runtime import get_runtime
 
@@ -21,12 +22,14 @@ _TASK_FIELDS = ("redelivered", "chunk_seconds")
     reject_on_worker_lost=True,
     soft_time_limit=30,
     time_limit=40,
+    **MINUTE_RETRY,
 )
 def predict_batch(
     chunk_results: list[list[dict[str, Any]]], minute: str, run_id: str, run: int, model_version: str
 ) -> dict[str, Any]:
     """Chord callback: ``chunk_results`` are the feature tasks' references, in chunk order."""
     rt = get_runtime()
+    rt.ledger.mark_stage(run, INFERENCE)
     docs = [doc for part in chunk_results for doc in part]
     refs = [WindowRef.from_json({k: v for k, v in doc.items() if k not in _TASK_FIELDS}) for doc in docs]
     chunk_seconds = [float(part[0].get("chunk_seconds", 0.0)) for part in chunk_results if part]
@@ -39,6 +42,8 @@ def predict_batch(
             settings=rt.settings,
             minute_ms=parse_minute(minute),
         )
+    except TRANSIENT_ERRORS:
+        raise  # retried; the supervisor closes the run if the retries outlast its deadline
     except Exception as exc:
         rt.ledger.update(
             run, status=FAILED, note=f"inference failed: {type(exc).__name__}: {exc}", finished=True

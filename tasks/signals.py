@@ -8,9 +8,9 @@ from typing import Any
 
 from core.logging import get_logger
 from core.timegrid import as_utc
-from data.ledger import DONE, PARTIAL
+from data.ledger import DONE, PARTIAL, PUBLISH
 from data.publishing import publish_heartbeat, publish_pending
-from tasks.common import deadline, minute_dt
+from tasks.common import MINUTE_RETRY, deadline, minute_dt
 from trading.intents import OrderIntentMessage, client_order_id
 from worker.app import app
 from worker.runtime import get_runtime
@@ -27,6 +27,7 @@ _DATETIME_FIELDS = ("minute", "bar_end", "expires_at")
     reject_on_worker_lost=True,
     soft_time_limit=20,
     time_limit=30,
+    **MINUTE_RETRY,
 )
 def publish(
     result: dict[str, Any], minute: str, run_id: str, run: int, model_version: str, expires: str | None = None
@@ -36,6 +37,7 @@ def publish(
     settings = rt.settings
     began = time.perf_counter()
     when = minute_dt(minute)
+    rt.ledger.mark_stage(run, PUBLISH)
     signals = [_rows(doc) | {"schema_version": 1} for doc in result["signals"]]
     predictions = [_rows(doc) for doc in result["predictions"]]
     rt.signals.upsert(signals, predictions)

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -50,6 +51,28 @@ def build_embedded(settings: Settings) -> Runtime:
         signals=SignalStore(engine),
         watermarks=MemoryWatermarks(),
     )
+
+
+@dataclass
+class EmbeddedThreads:
+    """The threads an embedded run needs alive; ``problem`` says which one stopped on its own."""
+
+    worker: Any
+    worker_thread: threading.Thread
+    beat: threading.Thread | None = None
+    stream: StreamThread | None = None
+    stopping: bool = False
+
+    def problem(self) -> str | None:
+        if self.stopping:
+            return None
+        if not self.worker_thread.is_alive():
+            return "the embedded Celery worker stopped"
+        if self.beat is not None and not self.beat.is_alive():
+            return "the embedded beat scheduler stopped"
+        if self.stream is not None and not self.stream.alive:
+            return "the embedded candle stream stopped"
+        return None
 
 
 def configure_app_for_embedded() -> None:
@@ -125,9 +148,12 @@ def embedded_runtime(
     if beat:
         clock = EmbeddedService(app, thread=True, max_interval=1.0)
         clock.start()
+    threads = EmbeddedThreads(worker, thread, clock, streaming)
+    runtime.health = threads.problem
     try:
         yield runtime
     finally:
+        threads.stopping = True
         if clock is not None:
             clock.stop()
         if streaming is not None:

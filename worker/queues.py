@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from kombu import Exchange
 from kombu import Queue as KombuQueue
 
 
@@ -27,8 +28,22 @@ MODULE_QUEUES: dict[str, Queue] = {
 }
 
 
-def task_queues() -> list[KombuQueue]:
-    return [KombuQueue(q.value, routing_key=q.value) for q in Queue]
+def task_queues(*, quorum: bool = False) -> list[KombuQueue]:
+    """Redis: plain queues. RabbitMQ (``quorum``): replicated, durable quorum queues, each bound to a
+    topic exchange of its name, which Celery's native delayed delivery needs for countdown retries
+    (quorum queues have no global QoS, so a held ETA message would otherwise block the worker)."""
+    if not quorum:
+        return [KombuQueue(q.value, routing_key=q.value) for q in Queue]
+    return [
+        KombuQueue(
+            q.value,
+            Exchange(q.value, type="topic", durable=True),
+            routing_key=q.value,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for q in Queue
+    ]
 
 
 def task_routes() -> dict[str, dict[str, str]]:

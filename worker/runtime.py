@@ -7,6 +7,7 @@ embedded runner installs an in-memory runtime (``install``) before starting its 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -61,6 +62,8 @@ class Runtime:
     redis_client: redis.Redis | None = None
     models: ModelServer | None = None
     trading: Trader | None = None
+    # Embedded only: why the in-process workers cannot go on (None while they are healthy).
+    health: Callable[[], str | None] | None = None
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
     _trading_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -108,7 +111,7 @@ def build_distributed(settings: Settings) -> Runtime:
         # The exchange gateway's request budget is shared through Redis by every process on the host.
         source=make_source(settings, client),
         windows=RedisWindowStore(client),
-        bus=RedisBus(client),
+        bus=RedisBus(client, settings.pipeline.stream_key, settings.pipeline.stream_maxlen),
         lock=RedisMinuteLock(client),
         ledger=RunLedger(engine),
         signals=SignalStore(engine),

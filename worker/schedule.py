@@ -20,4 +20,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": every,
             "options": {"expires": expires},
         },
+        # Sees each running minute through: re-dispatches a stalled one, closes a lost one.
+        "supervise-minutes": {
+            "task": "tasks.pipeline.supervise",
+            "schedule": settings.pipeline.supervise_interval_seconds,
+            "options": {"expires": settings.pipeline.supervise_interval_seconds},
+        },
     }

@@ -445,6 +445,10 @@ class StreamThread:
         finally:
             self._loop.close()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> StreamThread:
         self._thread.start()
         return self

@@ -1,13 +1,16 @@
 """Issue 5's acceptance: one minute for 50 symbols with real Redis, PostgreSQL and one worker process
 per queue; a rerun adds nothing; a features worker killed with SIGKILL loses and duplicates nothing.
+Issue 11: the same minute with RabbitMQ as the broker (quorum queues, publisher confirms).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +39,7 @@ from ml.registry import Registry
 from ml.scaling import RobustScaler
 from tasks.common import minute_dt
 from tests.support.workers import WorkerFleet, running_fleet
-from worker.queues import Queue
+from worker.queues import Queue, task_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,7 +60,27 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh virtual host on the machine's RabbitMQ: its own quorum queues, deleted after."""
+    vhost = f"mlsig-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True
+    )
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Redis unless a test asks for ``rabbitmq`` (indirect parametrisation)."""
+    if getattr(request, "param", "redis") == "rabbitmq":
+        return str(request.getfixturevalue("rabbit_vhost"))
+    return f"{REDIS_HOST}/{BROKER_DB}"
+
+
+@pytest.fixture
+def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deployment]:
     for number in (BROKER_DB, BACKEND_DB, APP_DB):
         redis.Redis.from_url(f"{REDIS_HOST}/{number}").flushdb()
     channel = f"signals-{uuid.uuid4().hex[:8]}"
@@ -69,7 +92,7 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
         "MLSIG_REDIS_URL": f"{REDIS_HOST}/{APP_DB}",
-        "MLSIG_CELERY__BROKER_URL": f"{REDIS_HOST}/{BROKER_DB}",
+        "MLSIG_CELERY__BROKER_URL": broker_url,
         "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS_HOST}/{BACKEND_DB}",
         "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
         "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
@@ -96,7 +119,14 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
         backend=env["MLSIG_CELERY__RESULT_BACKEND"],
         set_as_current=False,
     )
-    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    amqp = broker_url.startswith("amqp")
+    client.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_queues=task_queues(quorum=amqp),
+        broker_transport_options={"confirm_publish": True} if amqp else {},
+    )
     yield Deployment(env, client, engine, channel, f"{channel}:heartbeat", tmp_path)
     client.close()
 
@@ -147,6 +177,7 @@ def counts(d: Deployment) -> tuple[int, int, int]:
         )
 
 
+@pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
 def test_one_minute_for_50_symbols_and_a_rerun_adds_nothing(deployment: Deployment) -> None:
     d = deployment
     minute = iso_minute(floor_minute(now_ms()) - 10 * MINUTE_MS)
@@ -213,3 +244,63 @@ def test_features_worker_killed_mid_minute(deployment: Deployment) -> None:
     assert "redelivered after a worker loss" in (run.note or "")
     signals, predictions, _ = counts(d)
     assert (signals, predictions) == (N_SYMBOLS, N_SYMBOLS)
+
+
+def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_supervisor(
+    deployment: Deployment,
+) -> None:
+    """Redis keeps a killed worker's task until the visibility timeout (60 s, after the deadline):
+    the supervisor re-dispatches the stalled minute and it finishes once, with every signal."""
+    d = deployment
+    d.env |= {
+        "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "600",  # as if redelivery came too late
+        "MLSIG_PIPELINE__STALL_SECONDS": "4",
+        # Any second of the minute will do as a start: the test does not wait for a boundary.
+        "MLSIG_PIPELINE__MAX_START_DELAY_SECONDS": "59",
+        "MLSIG_PIPELINE__MINUTE_DEADLINE_SECONDS": "170",
+    }
+    broker = redis.Redis.from_url(d.env["MLSIG_CELERY__BROKER_URL"])
+    others = [q for q in Queue if q is not Queue.INFERENCE]
+    with running_fleet(d.env, d.tmp, others) as fleet:
+        wait_for_workers(d.client, fleet, len(others))
+        subscriber = Subscriber(d)
+        started = d.client.send_task("tasks.pipeline.run_minute", queue=Queue.CONTROL.value).get(timeout=60)
+        assert started["status"] == "running", started
+        minute = str(started["minute"])
+        wait_until(lambda: broker.llen(Queue.INFERENCE.value) == 1, fleet, "predict_batch was not queued")
+        victim = fleet.start(Queue.INFERENCE)
+        # The victim took the batch: the queue is empty and the message waits unacknowledged.
+        wait_until(lambda: broker.llen(Queue.INFERENCE.value) == 0, fleet, "the victim took nothing")
+        victim.kill()
+        fleet.start(Queue.INFERENCE)
+        ledger = RunLedger(d.engine)  # type: ignore[arg-type]
+
+        def finished() -> bool:
+            # What beat does every few seconds.
+            d.client.send_task("tasks.pipeline.supervise", queue=Queue.CONTROL.value).get(timeout=30)
+            run = ledger.get(minute_dt(minute))
+            return run is not None and run.status != "running"
+
+        wait_until(finished, fleet, "the minute did not finish", timeout=150)
+        assert subscriber.done.wait(timeout=30), fleet.logs()
+        subscriber.close()
+
+    run = ledger.get(minute_dt(minute))
+    assert run is not None
+    assert run.status == "done", (run.note, run.failures)
+    assert run.attempts == 2
+    assert run.signals_made == N_SYMBOLS
+    signals = [m for m in subscriber.messages if isinstance(m, SignalMessage)]
+    assert len(signals) == len({m.sequence for m in signals}) == N_SYMBOLS
+    assert counts(d)[:2] == (N_SYMBOLS, N_SYMBOLS)
+
+
+def wait_until(
+    condition: Callable[[], bool], fleet: WorkerFleet, message: str, timeout: float = 60.0
+) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        threading.Event().wait(0.05)
+    pytest.fail(f"{message}:\n{fleet.logs()}")

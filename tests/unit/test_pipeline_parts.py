@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from data.bus import MemoryBus, RedisBus
+from data.bus import BusItem, MemoryBus, RedisBus
 from data.db import get_engine
 from data.ledger import DONE, RUNNING, SKIPPED_LATE, RunLedger
 from data.locks import MemoryMinuteLock, RedisMinuteLock
@@ -125,7 +125,7 @@ def test_ledger_closes_overdue_runs(migrated_url: str) -> None:
     ledger = RunLedger(get_engine(migrated_url))
     ledger.claim(MINUTE, status=RUNNING, model_version="v1", symbols_asked=1)
     ledger.claim(MINUTE + timedelta(minutes=1), status=SKIPPED_LATE, model_version=None, symbols_asked=0)
-    assert ledger.expire_overdue(MINUTE + timedelta(minutes=5), "lost") == 1
+    assert [r.minute for r in ledger.expire_overdue(datetime.now(UTC), "lost")] == [MINUTE]
     run = ledger.get(MINUTE)
     assert run is not None
     assert (run.status, run.note) == ("failed", "lost")
@@ -194,7 +194,11 @@ def test_redis_bus_publishes_in_order(redis_client: redis.Redis) -> None:
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("signals")
     assert pubsub.get_message(timeout=1) is None  # drains the subscribe confirmation
-    RedisBus(redis_client).publish_many([("signals", "1"), ("signals", "2"), ("other", "x")])
+    items = [
+        BusItem(f"t{i}", "signal", str(i), payload, (ch,))
+        for i, (ch, payload) in enumerate([("signals", "1"), ("signals", "2"), ("other", "x")])
+    ]
+    RedisBus(redis_client, "test:stream").publish_once(items)
     got = []
     while len(got) < 2:
         message = pubsub.get_message(timeout=5)

@@ -1,0 +1,213 @@
+"""Issue 11: the ledger's missed minutes, the supervisor's re-dispatch and overdue closing, and the
+bus that publishes each message once on pub/sub and on the durable stream."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from core.settings import Settings
+from data import db
+from data.bus import BusItem, MemoryBus, RedisBus
+from data.ledger import DONE, FAILED, INFERENCE, MISSED, RUNNING, RunLedger
+from data.messages import HeartbeatMessage, parse_message
+from data.models import PipelineRun
+from tasks import pipeline
+from tests.conftest import REDIS_URL
+from worker.embedded import build_embedded
+from worker.runtime import Runtime
+
+M0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def test_missed_minutes_are_recorded_once_back_to_the_newest_row(migrated_url: str) -> None:
+    ledger = RunLedger(db.get_engine(migrated_url))
+    assert ledger.record_missed(M0, lookback_minutes=60, note="x") == []  # a new ledger expects nothing
+    ledger.claim(M0, status=DONE, model_version="v1", symbols_asked=1)
+    later = M0 + timedelta(minutes=4)
+    recorded = ledger.record_missed(later, lookback_minutes=60, note="beat down")
+    assert recorded == [M0 + timedelta(minutes=i) for i in (1, 2, 3)]
+    assert ledger.record_missed(later, lookback_minutes=60, note="beat down") == []
+    run = ledger.get(M0 + timedelta(minutes=2))
+    assert run is not None
+    assert (run.status, run.note) == (MISSED, "beat down")
+    # After a long stop only the lookback is filled in.
+    far = later + timedelta(days=2)
+    assert len(ledger.record_missed(far, lookback_minutes=30, note="down")) == 30
+    assert ledger.record_missed(far, lookback_minutes=0, note="down") == []
+
+
+def test_stalled_runs_are_redispatched_once_per_attempt(migrated_url: str) -> None:
+    ledger = RunLedger(db.get_engine(migrated_url))
+    now = datetime.now(UTC)
+    run_id = ledger.claim(now, status=RUNNING, model_version="v1", symbols_asked=3)
+    assert run_id is not None
+    assert ledger.stalled(now, stalled_for=15, newer_than=now - timedelta(minutes=1)) == []
+    later = now + timedelta(seconds=20)
+    [stalled] = ledger.stalled(later, stalled_for=15, newer_than=now - timedelta(minutes=1))
+    assert (stalled.id, stalled.attempts, stalled.stage) == (run_id, 1, "dispatched")
+    assert ledger.claim_redispatch(stalled, "again")
+    assert not ledger.claim_redispatch(stalled, "again")  # a second supervisor lost the race
+    run = ledger.get(now)
+    assert run is not None
+    assert (run.attempts, run.note) == (2, "again")
+    ledger.mark_stage(run_id, INFERENCE)
+    assert ledger.stalled(now + timedelta(seconds=10), stalled_for=15, newer_than=now - timedelta(1)) == []
+    ledger.update(run_id, status=DONE, finished=True)
+    ledger.mark_stage(run_id, "publish")  # a finished run's stage no longer moves
+    run = ledger.get(now)
+    assert run is not None
+    assert run.stage == INFERENCE
+
+
+@pytest.fixture
+def runtime(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    db.upgrade(sqlite_url)
+    settings = Settings(database_url=sqlite_url, data={"universe_size": 3})
+    rt = build_embedded(settings)
+    monkeypatch.setattr(rt, "champion_version", lambda: "v1")
+    return rt
+
+
+def _claim_at(rt: Runtime, minute: datetime) -> int:
+    """A running minute whose dispatch happened at the minute itself (the supervisor's clock is the
+    test's ``now`` argument, not the wall clock)."""
+    run = rt.ledger.claim(minute, status=RUNNING, model_version="v1", symbols_asked=3)
+    assert run is not None
+    with rt.ledger.engine.begin() as conn:
+        conn.execute(
+            update(PipelineRun).where(PipelineRun.id == run).values(stage_at=minute, started_at=minute)
+        )
+    return run
+
+
+def _heartbeats(inbox: Any) -> list[HeartbeatMessage]:
+    out = []
+    while not inbox.empty():
+        message = parse_message(inbox.get_nowait()[1])
+        assert isinstance(message, HeartbeatMessage)
+        out.append(message)
+    return out
+
+
+def test_supervisor_redispatches_a_stalled_minute_and_announces_a_lost_one(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, int, int]] = []
+
+    def fake_dispatch(rt: Runtime, minute_iso: str, run: int, *_args: Any, attempt: int) -> tuple[None, int]:
+        sent.append((minute_iso, run, attempt))
+        return None, 1
+
+    monkeypatch.setattr(pipeline, "dispatch_chord", fake_dispatch)
+    inbox = runtime.bus.subscribe()  # type: ignore[attr-defined]
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    run = _claim_at(runtime, now)
+    # Nothing to do while the run makes progress.
+    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=10)) == {
+        "closed": [],
+        "redispatched": [],
+    }
+    report = pipeline.supervise_minutes(runtime, now + timedelta(seconds=20))
+    assert report["redispatched"] == [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    assert sent == [(report["redispatched"][0], run, 2)]
+    # Stalled again, but 15 s before the deadline there is no time for another attempt.
+    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=45))["redispatched"] == []
+    assert _heartbeats(inbox) == []
+    # Past the deadline (+ grace) the run is closed and announced, once.
+    closed = pipeline.supervise_minutes(runtime, now + timedelta(seconds=61))
+    assert closed["closed"] == report["redispatched"]
+    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=66))["closed"] == []
+    [beat] = _heartbeats(inbox)
+    assert (beat.status, beat.failed, beat.note) == (FAILED, 3, pipeline.OVERDUE_NOTE)
+    row = runtime.ledger.get(now)
+    assert row is not None
+    assert (row.status, row.attempts) == (FAILED, 2)
+
+
+def test_supervisor_gives_up_after_max_attempts(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "dispatch_chord", lambda *a, **k: (None, 1))
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    _claim_at(runtime, now)
+    limit = runtime.settings.pipeline.max_attempts
+    redispatched = 0
+    for step in range(1, 6):
+        redispatched += len(
+            pipeline.supervise_minutes(runtime, now + timedelta(seconds=1 + 16 * step))["redispatched"]
+        )
+    assert redispatched <= limit - 1
+
+
+def test_a_start_after_a_gap_records_and_announces_the_missed_minutes(runtime: Runtime) -> None:
+    inbox = runtime.bus.subscribe()  # type: ignore[attr-defined]
+    runtime.ledger.claim(M0, status=DONE, model_version="v1", symbols_asked=3)
+    later = M0 + timedelta(minutes=3)
+    assert pipeline.record_missed(runtime, later) == [M0 + timedelta(minutes=1), M0 + timedelta(minutes=2)]
+    assert pipeline.record_missed(runtime, later) == []
+    beats = _heartbeats(inbox)
+    assert [(b.minute, b.status) for b in beats] == [
+        (M0 + timedelta(minutes=1), MISSED),
+        (M0 + timedelta(minutes=2), MISSED),
+    ]
+    assert all(b.note == pipeline.MISSED_NOTE for b in beats)
+
+
+def test_a_late_start_is_skipped_and_still_records_the_minutes_before(runtime: Runtime) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    runtime.ledger.claim(now - timedelta(minutes=5), status=DONE, model_version="v1", symbols_asked=3)
+    late = now - timedelta(minutes=2)
+    outcome = pipeline.start_minute(runtime, late.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert outcome["status"] == "skipped_late"
+    statuses = [(r.minute.replace(tzinfo=UTC), r.status) for r in reversed(runtime.ledger.recent(10))]
+    assert statuses == [
+        (now - timedelta(minutes=5), DONE),
+        (now - timedelta(minutes=4), MISSED),
+        (now - timedelta(minutes=3), MISSED),
+        (late, "skipped_late"),
+    ]
+
+
+def test_memory_bus_sends_each_item_once() -> None:
+    bus = MemoryBus()
+    inbox = bus.subscribe(["a"])
+    item = BusItem("signal:1", "signal", "1", "{}", ("a", "b"))
+    assert bus.publish_once([item, BusItem("signal:2", "signal", "2", "[]", ("a",))]) == 2
+    assert bus.publish_once([item]) == 0
+    assert [inbox.get_nowait() for _ in range(2)] == [("a", "{}"), ("a", "[]")]
+    assert inbox.empty()
+
+
+@pytest.mark.integration
+def test_redis_bus_appends_to_the_stream_and_publishes_once() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("sig")
+    assert pubsub.get_message(timeout=1) is None
+    bus = RedisBus(client, "test:stream", maxlen=1000)
+    items = [BusItem(f"signal:{i}", "signal", str(i), json.dumps({"n": i}), ("sig",)) for i in range(3)]
+    assert bus.publish_once(items) == 3
+    assert bus.publish_once([*items[1:], BusItem("signal:9", "signal", "9", "{}", ("sig",))]) == 1
+    entries = client.xrange("test:stream")
+    assert [e[1][b"sequence"] for e in entries] == [b"0", b"1", b"2", b"9"]
+    assert {e[1][b"type"] for e in entries} == {b"signal"}
+    got = []
+    while (message := pubsub.get_message(timeout=2)) is not None:
+        got.append(message["data"])
+    assert got == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b"{}"]
+
+
+@pytest.mark.integration
+def test_redis_bus_trims_the_stream_to_about_maxlen() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    bus = RedisBus(client, "test:stream", maxlen=1000)
+    for batch in range(5):
+        bus.publish_once([BusItem(f"s:{batch}:{i}", "signal", str(i), "{}", ()) for i in range(1000)])
+    length = client.xlen("test:stream")
+    assert 1000 <= length < 2000  # approximate trimming works in whole radix-tree nodes
