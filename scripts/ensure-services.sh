@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Start the local Redis and PostgreSQL the integration tests use, if they are not already up.
-# The start commands are this machine kind's own (Debian packages); on another machine point
-# MLSIG_TEST_PG_URL / MLSIG_TEST_REDIS_URL at your servers instead.
+# Start the local Redis, PostgreSQL and RabbitMQ the integration tests use, if they are not already
+# up (a no-op when they are). The start commands are this machine kind's own (Debian packages); on
+# another machine point MLSIG_TEST_PG_URL / MLSIG_TEST_REDIS_URL at your servers instead. RabbitMQ
+# is the optional broker (README.md, "Choosing a broker"): where it is not installed, it is skipped.
 set -euo pipefail
 
 wait_for() { # name, command...
@@ -31,6 +32,34 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database W
   createdb -h 127.0.0.1 -U postgres test
 fi
 
+# RabbitMQ: ready when the node answers the CLI (`rabbitmq-diagnostics -q ping`, about 0.4 s, and
+# it fails as fast while the node is down) and its AMQP listener accepts connections on 5672 (the
+# node answers ping a little before the listener is up). `-detached` returns at once, so wait.
+rabbitmq_ready() {
+  timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1 && (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+up="redis and postgresql"
+if command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmq-diagnostics >/dev/null 2>&1; then
+  up="redis, postgresql and rabbitmq"
+  if ! rabbitmq_ready; then
+    if ! timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+      echo "ensure-services: starting rabbitmq"
+      rabbitmq-server -detached
+    fi
+    deadline=$((SECONDS + 60))
+    until rabbitmq_ready; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "ensure-services: rabbitmq did not come up within 60 s (rabbitmq-diagnostics -q ping" \
+          "and a connection to 127.0.0.1:5672); see /var/log/rabbitmq/" >&2
+        exit 1
+      fi
+      sleep 1
+    done
+  fi
+else
+  echo "ensure-services: rabbitmq-server is not installed; skipping it (the default broker is Redis)"
+fi
+
 
 # Optional: the compose file is validated with `docker-compose config -q` (Debian's docker-compose
 # parses without an engine). Best effort: the test that uses it skips when it cannot be installed.
@@ -38,4 +67,4 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
     || echo "ensure-services: docker-compose not installed; its compose check will be skipped"
 fi
-echo "ensure-services: redis and postgresql are up"
+echo "ensure-services: $up are up"

@@ -2,9 +2,10 @@
 
 Parsed with PyYAML and a small Dockerfile reader: the service set, each worker's command against
 ``worker_command(queue)``, health checks, ``depends_on`` conditions, loopback-only ports, the GPU
-reservation, pinned base images, a non-root user and the layer order. When a Compose CLI is on the
-PATH (``docker compose`` v2 or the ``docker-compose`` v1 package) it also validates the file with
-``config -q``, which needs no engine; without one that test is skipped.
+reservation, pinned base images, a non-root user and the layer order, the restart policy (every
+long-running service comes back on any exit) and the optional RabbitMQ broker. When a Compose CLI is
+on the PATH (``docker compose`` v2 or the ``docker-compose`` v1 package) it also validates the file
+with ``config -q``, which needs no engine; without one that test is skipped.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 CPU_DOCKERFILE = "docker/Dockerfile"
 GPU_DOCKERFILE = "docker/Dockerfile.gpu"
 
-INFRA = {"redis", "postgres", "migrate", "beat", "flower", "stream"}
+INFRA = {"redis", "postgres", "rabbitmq", "migrate", "beat", "flower", "stream"}
 QUEUE_SERVICES = {q.value for q in Queue}
 ONE_SHOT = {"migrate"}
 OK_CONDITIONS = {"service_healthy", "service_completed_successfully"}
+# Third-party images: they do not run the project's code.
+THIRD_PARTY = {"redis", "postgres", "rabbitmq"}
 # Services that run the project's code and so need its settings.
-PROJECT_SERVICES = (QUEUE_SERVICES | INFRA) - {"redis", "postgres"}
+PROJECT_SERVICES = (QUEUE_SERVICES | INFRA) - THIRD_PARTY
+# Restart on any exit, status 0 included; the pipeline's own processes with `always`.
+ANY_EXIT_RESTART = {"always", "unless-stopped"}
+ALWAYS_RESTART = QUEUE_SERVICES | {"beat", "stream"}
+RABBITMQ_BROKER_URL = "amqp://guest:guest@rabbitmq:5672//"
 # Services that read the model registry (features: the scaler; inference: the model; control).
 MODEL_SERVICES = {Queue.CONTROL.value, Queue.FEATURES.value, Queue.INFERENCE.value}
 
@@ -225,7 +232,39 @@ def test_healthcheck_variables_are_defined() -> None:
 
 def test_healthcheck_broker_is_the_workers_broker() -> None:
     env = services()[Queue.CONTROL.value]["environment"]
-    assert env["MLSIG_CELERY__BROKER_URL"] == redis_db_url(env["MLSIG_REDIS_URL"], 0)
+    broker = interpolate(env["MLSIG_CELERY__BROKER_URL"])
+    assert broker == redis_db_url(env["MLSIG_REDIS_URL"], 0)
+
+
+def test_broker_is_switched_by_one_host_variable_and_results_stay_on_redis() -> None:
+    """MLSIG_CELERY__BROKER_URL on the host replaces the broker of every project service."""
+    for name in PROJECT_SERVICES:
+        env = services()[name]["environment"]
+        raw = str(env["MLSIG_CELERY__BROKER_URL"])
+        assert raw.startswith("${MLSIG_CELERY__BROKER_URL:-"), f"{name}: broker not overridable"
+        assert "MLSIG_CELERY__RESULT_BACKEND" not in env, f"{name}: results must stay on Redis"
+        assert str(env["MLSIG_REDIS_URL"]).startswith("redis://redis:6379/")
+    assert f"MLSIG_CELERY__BROKER_URL={RABBITMQ_BROKER_URL}" in COMPOSE_FILE.read_text()
+
+
+def test_rabbitmq_is_an_optional_pinned_healthchecked_broker() -> None:
+    rabbitmq = services()["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"], "RabbitMQ must start only with --profile rabbitmq"
+    image = rabbitmq["image"]
+    name, _, tag = image.partition(":")
+    assert name == "rabbitmq"
+    assert re.match(r"^3\.\d+", tag), f"{image} is not pinned to a release"
+    assert rabbitmq["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    # Its data lives under rabbit@<hostname>: a fixed hostname keeps the volume's queues.
+    assert rabbitmq["hostname"] == "rabbitmq"
+    targets = {str(v).split(":")[0]: str(v).split(":")[1] for v in rabbitmq["volumes"]}
+    assert targets.get("rabbitmq-data") == "/var/lib/rabbitmq"
+    assert "rabbitmq-data" in compose()["volumes"]
+    env = rabbitmq["environment"]
+    assert str(env["RABBITMQ_DEFAULT_PASS"]).startswith("${"), "no hard-coded RabbitMQ password"
+    # Nothing may depend on a service of an inactive profile.
+    for other, svc in services().items():
+        assert "rabbitmq" not in (svc.get("depends_on") or {}), f"{other} depends on the optional rabbitmq"
 
 
 def test_flower() -> None:
@@ -296,10 +335,15 @@ def test_published_ports_bind_loopback_only(name: str) -> None:
         assert published.startswith("127.0.0.1:"), f"{name}: {port!r} is not bound to 127.0.0.1"
 
 
-def test_long_running_services_restart() -> None:
+def test_long_running_services_restart_on_any_exit() -> None:
+    """Workers never die silently: every service but the one-shot migration comes back after any
+    exit, status 0 included (`on-failure` would leave a worker that exited cleanly down)."""
     for name, svc in services().items():
-        if name not in ONE_SHOT:
-            assert svc.get("restart") == "unless-stopped", name
+        if name in ONE_SHOT:
+            continue
+        assert svc.get("restart") in ANY_EXIT_RESTART, f"{name}: restart {svc.get('restart')!r}"
+    for name in ALWAYS_RESTART:
+        assert services()[name].get("restart") == "always", f"{name} must restart always"
 
 
 def test_inference_reserves_a_gpu_and_uses_the_gpu_image() -> None:
@@ -350,12 +394,13 @@ def _compose_cli() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_cli_validates_the_file() -> None:
+@pytest.mark.parametrize("profiles", [[], ["--profile", "rabbitmq"]], ids=["default", "rabbitmq"])
+def test_compose_cli_validates_the_file(profiles: list[str]) -> None:
     cli = _compose_cli()
     if cli is None:
         pytest.skip("no Compose CLI (docker compose / docker-compose) on PATH")
     result = subprocess.run(
-        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        [*cli, *profiles, "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
         capture_output=True,
         text=True,
