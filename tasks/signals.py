@@ -66,8 +66,11 @@ def publish(
             # A replayed minute's signals expired long ago: its intents live as long as its tasks.
             expires_at=max(as_utc(row.expires_at), orders_expire),
         )
+        # The message lives as long as the signal, not the minute: an intent of a killed orders worker
+        # that Redis redelivers after its visibility timeout still executes (the executor decides it
+        # once, and its order is valid until the signal expires).
         sent = app.send_task(
-            "tasks.orders.execute", args=(intent.model_dump(mode="json"),), expires=orders_expire
+            "tasks.orders.execute", args=(intent.model_dump(mode="json"),), expires=intent.expires_at
         )
         order_tasks.append(sent.id)
     rt.signals.mark_orders_enqueued([r.id for r in pending])
