@@ -74,6 +74,12 @@ def minute_line(beat: HeartbeatMessage, seconds: float | None) -> str:
     )
 
 
+def missed_line(missed: list[HeartbeatMessage]) -> str:
+    first, last = missed[0].minute, missed[-1].minute
+    count = len(missed)
+    return f"{first:%Y-%m-%d %H:%M} .. {last:%H:%M} missed: {count} minutes without a run ({missed[0].note})"
+
+
 def ensure_alive(rt: Runtime) -> None:
     """Stop with a clear error (and a non-zero exit) when an embedded worker thread died: a
     supervisor (systemd, Compose) then restarts the whole process."""
@@ -118,6 +124,7 @@ def run(
         inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
         board = SignalBoard()
         done = 0
+        missed: list[HeartbeatMessage] = []
         console.print(
             f"embedded run: {len(rt.symbols())} symbols from {rt.source.name}, database {s.database_url}; "
             "the first minute starts at the next minute boundary",
@@ -133,7 +140,14 @@ def run(
                         continue
                     beat = board.feed(raw)
                     live.update(board.table())
-                    if beat is not None:
+                    if beat is not None and beat.status == "missed":
+                        # The ledger records minutes nobody ran (this process was down): one line
+                        # for the lot, and they do not count as minutes run.
+                        missed.append(beat)
+                    elif beat is not None:
+                        if missed:
+                            live.console.print(missed_line(missed), highlight=False)
+                            missed.clear()
                         run = rt.ledger.get(beat.minute)
                         total = (run.timings or {}).get("minute_total") if run else None
                         live.console.print(minute_line(beat, total), highlight=False)

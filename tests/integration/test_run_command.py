@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from core.settings import Settings, reset_settings_cache
-from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
+from core.timegrid import MINUTE_MS, floor_minute, iso_minute, ms_to_dt, now_ms
 from data import db
+from data.ledger import RunLedger
 from data.models import PipelineRun, SignalRecord
 from data.sources.factory import make_source, resolve_symbols
 from tests.unit.test_model_common import make_registry
@@ -57,3 +58,25 @@ def test_replay_prints_signals_and_stores_each_minute_once(workspace: Settings) 
         runs = conn.execute(PipelineRun.__table__.select()).fetchall()
     assert len(signals) == 2 * N_SYMBOLS
     assert len(runs) == 2
+
+
+def test_live_run_reports_the_minutes_it_was_down_and_runs_the_next(workspace: Settings) -> None:
+    """Issue 11: the ledger gets a ``missed`` row for every minute the process was not running; the
+    live table sums them up in one line and they do not count as minutes run."""
+    db.upgrade(workspace.database_url)
+    RunLedger(db.get_engine(workspace.database_url)).claim(
+        ms_to_dt(floor_minute(now_ms()) - 5 * MINUTE_MS), status="done", model_version="v0", symbols_asked=0
+    )
+    result = runner.invoke(app, ["run", "--minutes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "minutes without a run" in result.output
+    assert result.output.count(" done: 4 signals") == 1
+    with db.get_engine(workspace.database_url).connect() as conn:
+        statuses = [
+            r.status for r in conn.execute(PipelineRun.__table__.select().order_by(PipelineRun.minute))
+        ]
+    assert statuses[0] == "done"
+    assert statuses[-1] == "done"
+    # Every minute in between has its row: missed ones, and none left out.
+    assert set(statuses[1:-1]) == {"missed"}
+    assert len(statuses) >= 6
