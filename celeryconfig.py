@@ -59,5 +59,8 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_max_tasks_per_child = 10_000
 worker_hijack_root_logger = False
+# Our log handlers write to the process's stderr; redirected into Celery's logger it would loop back
+# and be dropped (every line after start-up lost).
+worker_redirect_stdouts = False
 
 beat_schedule = _schedule.beat_schedule(_settings)

@@ -9,6 +9,7 @@ from celery.signals import worker_process_init, worker_ready
 from core.logging import configure_logging, get_logger
 from core.settings import get_settings
 from data import db
+from worker import exit_status  # noqa: F401  (registers the non-zero exit after an unrecoverable error)
 from worker.queues import Queue
 from worker.runtime import get_runtime, install
 

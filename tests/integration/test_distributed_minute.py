@@ -284,6 +284,8 @@ def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_super
         wait_until(finished, fleet, "the minute did not finish", timeout=150)
         assert subscriber.done.wait(timeout=30), fleet.logs()
         subscriber.close()
+        # The workers' own log lines reach their output (Celery does not swallow them).
+        assert "minute re-dispatched" in fleet.workers[Queue.CONTROL].log.read_text()
 
     run = ledger.get(minute_dt(minute))
     assert run is not None
