@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench services clean
+.PHONY: setup run test lint bench services clean chaos
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.bench_stream
 	$(BIN)/python -m benchmarks.bench_pipeline --source exchange --rest-latency-ms 150 --symbols 100 500 --minutes 10
 	$(BIN)/python -m benchmarks.bench_orders
+
+# The chaos suite: single faults against the real distributed deployment on both brokers (private
+# Redis and RabbitMQ, their own databases), about 29 minutes; tables in var/chaos/summary-*.md and
+# docs/RELIABILITY.md. `make test` runs only its CI subset (marker chaos_ci).
+chaos: $(STAMP) services
+	MLSIG_CHAOS_FULL=1 $(BIN)/pytest tests/chaos -m chaos
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
