@@ -6,11 +6,10 @@ from typing import Any
 
 from celery import Task
 
-from core.errors import TemporaryError
 from core.logging import get_logger
 from core.settings import get_settings
 from core.timegrid import parse_minute
-from tasks.common import now_iso_minute
+from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS, now_iso_minute
 from trading.intents import OrderIntentMessage
 from worker.app import app
 from worker.runtime import get_runtime
@@ -35,9 +34,10 @@ MAX_RETRY_DELAY_S = 60
     reject_on_worker_lost=True,
     soft_time_limit=20,
     time_limit=30,
-    # A temporary failure (exchange unreachable, outcome unknown) is retried with exponential
-    # backoff and full jitter: a countdown drawn from [0, min(60, base * 2**retries)] seconds.
-    autoretry_for=(TemporaryError,),
+    # A temporary failure (exchange unreachable, outcome unknown, a dropped database connection) is
+    # retried with exponential backoff and full jitter: a countdown drawn from
+    # [0, min(60, base * 2**retries)] seconds.
+    autoretry_for=TRANSIENT_ERRORS,
     max_retries=_RETRY.max_retries,
     retry_backoff=max(1, round(_RETRY.retry_base_delay_s)),
     retry_backoff_max=MAX_RETRY_DELAY_S,
@@ -51,7 +51,7 @@ def execute(self: Task, intent: dict[str, Any]) -> dict[str, Any]:
     trader = get_runtime().trader()
     try:
         return trader.execute(message).to_json()
-    except TemporaryError as exc:
+    except TRANSIENT_ERRORS as exc:
         retries = int(self.request.retries or 0)
         context = {"client_order_id": message.client_order_id, "retries": retries, "error": str(exc)}
         if self.max_retries is not None and retries >= self.max_retries:
@@ -69,6 +69,7 @@ def execute(self: Task, intent: dict[str, Any]) -> dict[str, Any]:
     reject_on_worker_lost=True,
     soft_time_limit=40,
     time_limit=50,
+    **MINUTE_RETRY,
 )
 def tick(minute: str | None = None) -> dict[str, Any]:
     """Paper: fill pending orders and check stops on the candles closed before ``minute``;

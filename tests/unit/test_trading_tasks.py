@@ -130,3 +130,22 @@ def test_a_paper_orders_worker_does_not_reconcile(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(lifecycle, "get_runtime", lambda: runtime_with(trader))
     lifecycle._preload_model(sender=orders_worker())
     assert trader.reconciled == 0
+
+
+def test_a_dropped_database_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 (chaos: connections terminated under the orders worker): the intent is not lost."""
+    from sqlalchemy.exc import OperationalError
+
+    trader = StubTrader(OperationalError("INSERT", {}, Exception("terminating connection")))
+    monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
+    sent: list[Signature] = []
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    doc = intent().model_dump(mode="json")
+    push_worker_request(orders.execute, doc, 0)
+    try:
+        with pytest.raises(Retry):
+            orders.execute(doc)
+    finally:
+        orders.execute.pop_request()
+    assert len(sent) == 1
+    assert sent[0].options["retries"] == 1
