@@ -254,7 +254,7 @@ def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_super
     d = deployment
     d.env |= {
         "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "600",  # as if redelivery came too late
-        "MLSIG_PIPELINE__STALL_SECONDS": "4",
+        "MLSIG_PIPELINE__STALL_SECONDS": "8",
         # Any second of the minute will do as a start: the test does not wait for a boundary.
         "MLSIG_PIPELINE__MAX_START_DELAY_SECONDS": "59",
         "MLSIG_PIPELINE__MINUTE_DEADLINE_SECONDS": "170",
@@ -290,7 +290,9 @@ def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_super
     run = ledger.get(minute_dt(minute))
     assert run is not None
     assert run.status == "done", (run.note, run.failures)
-    assert run.attempts == 2
+    # The first attempt cannot finish (its batch is held for 600 s): at least one re-dispatch; on a
+    # loaded machine a slow second attempt may itself be re-dispatched, which duplicates nothing.
+    assert run.attempts >= 2
     assert run.signals_made == N_SYMBOLS
     signals = [m for m in subscriber.messages if isinstance(m, SignalMessage)]
     assert len(signals) == len({m.sequence for m in signals}) == N_SYMBOLS
