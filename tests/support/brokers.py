@@ -96,7 +96,30 @@ def _send_shutdown(port: int) -> None:
             pass
 
 
-class PrivateRedis:
+class _PrivateServer:
+    """What both private servers share: a restart is a stop (``hard``: SIGKILL) and a start."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, down_s: float = 0.0, *, hard: bool = False) -> None:
+        """Stop (``hard``: SIGKILL), stay down ``down_s`` seconds, start again."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        if down_s > 0:
+            time.sleep(down_s)  # the outage itself, not a synchronisation
+        self.start()
+
+
+class PrivateRedis(_PrivateServer):
     """A redis-server subprocess on ``port`` with its data in ``workdir``."""
 
     def __init__(self, port: int, workdir: Path, *, persist: bool = False) -> None:
@@ -176,18 +199,8 @@ class PrivateRedis:
             process.wait(timeout=10)
         _wait(lambda: not _port_is_open(self.port), 10, f"port {self.port} still open")
 
-    def restart(self, down_s: float = 0.0, *, hard: bool = False) -> None:
-        """Stop (``hard``: SIGKILL), stay down ``down_s`` seconds, start again."""
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        if down_s > 0:
-            time.sleep(down_s)  # the outage itself, not a synchronisation
-        self.start()
 
-
-class PrivateRabbit:
+class PrivateRabbit(_PrivateServer):
     """A RabbitMQ node ``<name>@localhost`` on ``port`` (dist port ``port + 20000``)."""
 
     def __init__(self, port: int, workdir: Path, name: str = "chaos") -> None:
@@ -316,15 +329,6 @@ class PrivateRabbit:
         process.wait(timeout=10)
         _wait(lambda: not _group_alive(process.pid), 20, f"{self.node} processes still alive")
         _wait(lambda: not _port_is_open(self.port), 20, f"port {self.port} still open")
-
-    def restart(self, down_s: float = 0.0, *, hard: bool = False) -> None:
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        if down_s > 0:
-            time.sleep(down_s)  # the outage itself, not a synchronisation
-        self.start()
 
 
 def _group_alive(pgid: int) -> bool:

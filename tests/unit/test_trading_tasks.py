@@ -50,6 +50,20 @@ def push_worker_request(task: Any, doc: dict[str, Any], retries: int) -> None:
     )
 
 
+def run_as_worker(monkeypatch: pytest.MonkeyPatch, *, raises: type[BaseException]) -> list[Signature]:
+    """Run ``execute`` once as a worker would (first delivery); returns the retry messages sent."""
+    sent: list[Signature] = []
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    doc = intent().model_dump(mode="json")
+    push_worker_request(orders.execute, doc, 0)
+    try:
+        with pytest.raises(raises):
+            orders.execute(doc)
+    finally:
+        orders.execute.pop_request()
+    return sent
+
+
 def test_a_temporary_failure_is_retried_by_celery_with_backoff_and_no_expiry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -90,16 +104,7 @@ def test_a_temporary_failure_is_retried_by_celery_with_backoff_and_no_expiry(
 def test_a_permanent_failure_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     trader = StubTrader(OrderRejectedError("insufficient funds"))
     monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
-    sent: list[Signature] = []
-    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
-    doc = intent().model_dump(mode="json")
-    push_worker_request(orders.execute, doc, 0)
-    try:
-        with pytest.raises(OrderRejectedError):
-            orders.execute(doc)
-    finally:
-        orders.execute.pop_request()
-    assert sent == []
+    assert run_as_worker(monkeypatch, raises=OrderRejectedError) == []
 
 
 def test_the_task_returns_the_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,14 +143,6 @@ def test_a_dropped_database_connection_is_retried(monkeypatch: pytest.MonkeyPatc
 
     trader = StubTrader(OperationalError("INSERT", {}, Exception("terminating connection")))
     monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
-    sent: list[Signature] = []
-    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
-    doc = intent().model_dump(mode="json")
-    push_worker_request(orders.execute, doc, 0)
-    try:
-        with pytest.raises(Retry):
-            orders.execute(doc)
-    finally:
-        orders.execute.pop_request()
+    sent = run_as_worker(monkeypatch, raises=Retry)
     assert len(sent) == 1
     assert sent[0].options["retries"] == 1
