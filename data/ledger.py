@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from core.timegrid import as_utc
 from data.models import PipelineRun
 
 RUNNING = "running"
@@ -169,7 +170,7 @@ class RunLedger:
             ).scalar()
         if newest is None:
             return []  # a ledger's first minute: nothing was expected before it
-        newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+        newest = as_utc(newest)
         first = max(newest + timedelta(minutes=1), before - timedelta(minutes=lookback_minutes))
         count = int((before - first).total_seconds() // 60)
         minutes = [first + timedelta(minutes=i) for i in range(count)]
@@ -199,7 +200,7 @@ class RunLedger:
                 .returning(PipelineRun.minute)
             )
             with self.engine.begin() as conn:
-                recorded += [m if m.tzinfo else m.replace(tzinfo=UTC) for (m,) in conn.execute(stmt)]
+                recorded += [as_utc(m) for (m,) in conn.execute(stmt)]
         return sorted(recorded)
 
     def get(self, minute: datetime) -> PipelineRun | None:
@@ -222,10 +223,9 @@ _REF_COLUMNS = (
 
 
 def _ref(row: Any) -> RunRef:
-    minute = row.minute if row.minute.tzinfo else row.minute.replace(tzinfo=UTC)
     return RunRef(
         id=int(row.id),
-        minute=minute,
+        minute=as_utc(row.minute),
         model_version=row.model_version,
         symbols_asked=int(row.symbols_asked),
         attempts=int(row.attempts),

@@ -11,7 +11,7 @@ from celery import Task, chord, group
 from celery.result import AsyncResult
 
 from core.logging import get_logger
-from core.timegrid import floor_minute, iso_minute, now_ms, parse_minute
+from core.timegrid import dt_to_ms, floor_minute, iso_minute, now_ms, parse_minute
 from data.ledger import FAILED, RUNNING, SKIPPED_LATE, RunRef
 from data.publishing import publish_heartbeat
 from tasks.common import MINUTE_RETRY, chunks, deadline, minute_dt
@@ -161,7 +161,7 @@ def record_missed(rt: Runtime, before: datetime) -> list[datetime]:
             note=MISSED_NOTE,
         )
     if missed:
-        log.warning("minutes missed", first=iso_minute(_ms(missed[0])), count=len(missed))
+        log.warning("minutes missed", first=iso_minute(dt_to_ms(missed[0])), count=len(missed))
     return missed
 
 
@@ -182,7 +182,8 @@ def close_overdue(rt: Runtime, now: datetime) -> list[RunRef]:
             failed=run.symbols_asked,
             note=OVERDUE_NOTE,
         )
-        log.error("minute lost", minute=iso_minute(_ms(run.minute)), attempts=run.attempts, stage=run.stage)
+        minute_iso = iso_minute(dt_to_ms(run.minute))
+        log.error("minute lost", minute=minute_iso, attempts=run.attempts, stage=run.stage)
     return closed
 
 
@@ -197,7 +198,7 @@ def supervise_minutes(rt: Runtime, now: datetime | None = None) -> dict[str, Any
         now, stalled_for=p.stall_seconds, newer_than=now - timedelta(seconds=p.minute_deadline_seconds)
     )
     for run in stalled:
-        minute_iso = iso_minute(_ms(run.minute))
+        minute_iso = iso_minute(dt_to_ms(run.minute))
         ends = deadline(rt.settings, minute_iso)
         if run.model_version is None or run.attempts >= p.max_attempts:
             continue
@@ -210,7 +211,7 @@ def supervise_minutes(rt: Runtime, now: datetime | None = None) -> dict[str, Any
         dispatch_chord(rt, minute_iso, run.id, run.model_version, rt.symbols(), ends, attempt=attempt)
         log.warning("minute re-dispatched", minute=minute_iso, attempt=attempt, stage=run.stage)
         redispatched.append(minute_iso)
-    return {"closed": [iso_minute(_ms(r.minute)) for r in closed], "redispatched": redispatched}
+    return {"closed": [iso_minute(dt_to_ms(r.minute)) for r in closed], "redispatched": redispatched}
 
 
 def _close_unrun(
@@ -233,7 +234,3 @@ def _close_unrun(
             failed=len(symbols),
             note=note,
         )
-
-
-def _ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
