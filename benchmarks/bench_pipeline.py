@@ -37,7 +37,6 @@ from core.logging import configure_logging
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
-from data.ledger import RunLedger
 from data.sources.simulator import SimulatedMarket
 from data.store import CandleStore
 from data.validation import ValidationPolicy
@@ -46,6 +45,7 @@ from ml.model.config import ModelConfig
 from ml.model.network import build_model
 from ml.registry import Registry
 from ml.scaling import RobustScaler
+from pipeline.ledger import RunLedger
 from tasks.common import minute_dt
 from tests.support.workers import running_fleet
 from worker.queues import Queue

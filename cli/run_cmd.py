@@ -14,7 +14,7 @@ from cli.common import clean_errors, console, settings
 from core.errors import MLSignalsError
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms, parse_minute
-from data.messages import HeartbeatMessage, SignalMessage, parse_message
+from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime

@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from cli.common import clean_errors, console, err_console, settings
 from core.settings import Settings
-from data.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
-from data.signal_feed import DurableFeed, FeedProblem
+from pipeline.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
+from pipeline.signal_feed import DurableFeed, FeedProblem
 
 app = typer.Typer(
     help="Live signals on Redis pub/sub or the durable stream (schema: docs/ML_API.md).", no_args_is_help=True

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.settings import Settings
-from ml.minute import ModelOutputs
+from ml.outputs import ModelOutputs
 from ml.predictor import Predictor
 from ml.registry import Registry
 from ml.scaling import RobustScaler

@@ -9,7 +9,7 @@ from celery import Task
 
 from core.logging import get_logger
 from core.timegrid import parse_minute
-from ml.minute import WindowRef, feature_step
+from pipeline.steps import WindowRef, feature_step
 from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
 from worker.app import app
 from worker.runtime import get_runtime

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.timegrid import parse_minute
-from data.ledger import FAILED, INFERENCE
-from ml.minute import WindowRef, inference_step
+from pipeline.ledger import FAILED, INFERENCE
+from pipeline.steps import WindowRef, inference_step
 from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
 from worker.app import app
 from worker.runtime import get_runtime

@@ -12,8 +12,8 @@ from celery.result import AsyncResult
 
 from core.logging import get_logger
 from core.timegrid import dt_to_ms, floor_minute, iso_minute, now_ms, parse_minute
-from data.ledger import FAILED, RUNNING, SKIPPED_LATE, RunRef
-from data.publishing import publish_heartbeat
+from pipeline.ledger import FAILED, RUNNING, SKIPPED_LATE, RunRef
+from pipeline.publishing import publish_heartbeat
 from tasks.common import MINUTE_RETRY, chunks, deadline, minute_dt
 from worker.app import app
 from worker.runtime import Runtime, get_runtime

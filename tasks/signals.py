@@ -8,8 +8,8 @@ from typing import Any
 
 from core.logging import get_logger
 from core.timegrid import as_utc
-from data.ledger import DONE, PARTIAL, PUBLISH
-from data.publishing import publish_heartbeat, publish_pending
+from pipeline.ledger import DONE, PARTIAL, PUBLISH
+from pipeline.publishing import publish_heartbeat, publish_pending
 from tasks.common import MINUTE_RETRY, deadline, minute_dt
 from trading.intents import OrderIntentMessage, client_order_id
 from worker.app import app

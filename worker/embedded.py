@@ -20,16 +20,16 @@ from celery.contrib.testing.worker import TestWorkController
 
 from core.settings import Settings
 from data import db
-from data.bus import MemoryBus
-from data.ledger import RunLedger
-from data.locks import MemoryMinuteLock
-from data.signal_store import SignalStore
 from data.sources.factory import make_source
 from data.store import CandleStore
 from data.stream.factory import make_stream_service
 from data.stream.service import StreamThread
 from data.stream.watermark import MemoryWatermarks
-from data.window_store import MemoryWindowStore
+from pipeline.bus import MemoryBus
+from pipeline.ledger import RunLedger
+from pipeline.locks import MemoryMinuteLock
+from pipeline.signal_store import SignalStore
+from pipeline.window_store import MemoryWindowStore
 from worker.app import app
 from worker.queues import Queue
 from worker.runtime import Runtime, install

@@ -15,22 +15,22 @@ import redis
 
 from core.settings import Settings, get_settings
 from data import db
-from data.bus import RedisBus, SignalBus
-from data.ledger import RunLedger
-from data.locks import MinuteLock, RedisMinuteLock
-from data.signal_store import SignalStore
 from data.sources.base import CandleSource
 from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
 from data.stream.watermark import RedisWatermarks, WatermarkStore
-from data.window_store import RedisWindowStore, WindowStore
+from pipeline.bus import RedisBus, SignalBus
+from pipeline.ledger import RunLedger
+from pipeline.locks import MinuteLock, RedisMinuteLock
+from pipeline.signal_store import SignalStore
+from pipeline.window_store import RedisWindowStore, WindowStore
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
     from ml.features.live import Scaler
-    from ml.minute import ModelOutputs
+    from ml.outputs import ModelOutputs
     from trading.executor import Trader
 
 

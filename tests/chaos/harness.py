@@ -43,8 +43,6 @@ from core.settings import PipelineSettings
 from core.timegrid import MINUTE_MS, floor_minute, now_ms
 from data import db
 from data.ingest import Ingestor
-from data.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
-from data.signal_feed import DurableFeed, FeedMessage
 from data.sources.simulator import SimulatedMarket
 from data.store import CandleStore
 from data.validation import ValidationPolicy
@@ -53,6 +51,8 @@ from ml.model.config import ModelConfig
 from ml.model.network import build_model
 from ml.registry import Registry
 from ml.scaling import RobustScaler
+from pipeline.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
+from pipeline.signal_feed import DurableFeed, FeedMessage
 from tests.support.brokers import PrivateRabbit, PrivateRedis, free_port, free_rabbit_port
 from tests.support.workers import ROOT, WorkerFleet, WorkerProcess
 from worker.queues import Queue, worker_command
@@ -170,7 +170,7 @@ class PubSubRecorder(Recorder):
 
 
 class StreamRecorder(Recorder):
-    """A durable reader of the signal stream (``data.signal_feed.DurableFeed``, its own group).
+    """A durable reader of the signal stream (``pipeline.signal_feed.DurableFeed``, its own group).
 
     ``offline`` is a wall-clock window during which it reads nothing (the subscriber is down).
     """

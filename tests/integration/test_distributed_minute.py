@@ -25,10 +25,7 @@ from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
-from data.ledger import RunLedger
-from data.messages import HeartbeatMessage, SignalMessage, parse_message
 from data.models import MlPrediction, OrderIntent, SignalRecord
-from data.signal_store import SignalStore
 from data.sources.simulator import SimulatedMarket
 from data.store import CandleStore
 from data.validation import ValidationPolicy
@@ -37,6 +34,9 @@ from ml.model.config import ModelConfig
 from ml.model.network import build_model
 from ml.registry import Registry
 from ml.scaling import RobustScaler
+from pipeline.ledger import RunLedger
+from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
+from pipeline.signal_store import SignalStore
 from tasks.common import minute_dt
 from tests.support.workers import WorkerFleet, running_fleet
 from worker.queues import Queue, task_queues

@@ -11,10 +11,10 @@ from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
-from data.messages import HeartbeatMessage, SignalMessage, parse_message
 from data.models import OrderIntent
 from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
+from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from tasks.common import minute_dt
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
@@ -144,7 +144,7 @@ def test_two_concurrent_starts_of_one_minute_give_one_run(settings: Settings) ->
 
 def test_ledger_row_alone_stops_a_second_run(settings: Settings) -> None:
     """Two processes each holding their own lock (two beats): the unique ledger row decides."""
-    from data.locks import MemoryMinuteLock
+    from pipeline.locks import MemoryMinuteLock
 
     minute = iso_minute(floor_minute(now_ms()) - 6 * MINUTE_MS)
     with embedded_runtime(settings, beat=False) as rt:

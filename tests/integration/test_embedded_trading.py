@@ -26,8 +26,8 @@ from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
 from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
-from ml.minute import ModelOutputs
 from ml.model.schema import DIRECTION
+from ml.outputs import ModelOutputs
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
 from worker.app import app

@@ -14,9 +14,9 @@ from cli.main import app
 from core.settings import Settings, reset_settings_cache
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, ms_to_dt, now_ms
 from data import db
-from data.ledger import RunLedger
 from data.models import PipelineRun, SignalRecord
 from data.sources.factory import make_source, resolve_symbols
+from pipeline.ledger import RunLedger
 from tests.unit.test_model_common import make_registry
 
 N_SYMBOLS = 4

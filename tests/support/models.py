@@ -7,10 +7,10 @@ import numpy.typing as npt
 import torch
 
 from ml.features import FEATURE_SPEC
-from ml.minute import ModelOutputs
 from ml.model.config import ModelConfig
 from ml.model.network import build_model
 from ml.model.schema import OutputSchema
+from ml.outputs import ModelOutputs
 from ml.scaling import RobustScaler
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from data.messages import DirectionProbabilities, HeartbeatMessage, SignalMessage
+from pipeline.messages import DirectionProbabilities, HeartbeatMessage, SignalMessage
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 SYMBOLS = [f"S{i:02d}/USDT:USDT" for i in range(30)]

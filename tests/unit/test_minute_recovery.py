@@ -13,10 +13,10 @@ from sqlalchemy import update
 
 from core.settings import Settings
 from data import db
-from data.bus import BusItem, MemoryBus, RedisBus
-from data.ledger import DONE, FAILED, INFERENCE, MISSED, RUNNING, RunLedger
-from data.messages import HeartbeatMessage, parse_message
 from data.models import PipelineRun
+from pipeline.bus import BusItem, MemoryBus, RedisBus
+from pipeline.ledger import DONE, FAILED, INFERENCE, MISSED, RUNNING, RunLedger
+from pipeline.messages import HeartbeatMessage, parse_message
 from tasks import pipeline
 from tests.conftest import REDIS_URL
 from worker.embedded import build_embedded

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import redis
 
-from data.bus import BusItem, MemoryBus, RedisBus
 from data.db import get_engine
-from data.ledger import DONE, RUNNING, SKIPPED_LATE, RunLedger
-from data.locks import MemoryMinuteLock, RedisMinuteLock
-from data.messages import (
+from pipeline.bus import BusItem, MemoryBus, RedisBus
+from pipeline.ledger import DONE, RUNNING, SKIPPED_LATE, RunLedger
+from pipeline.locks import MemoryMinuteLock, RedisMinuteLock
+from pipeline.messages import (
     HeartbeatMessage,
     MalformedMessageError,
     SignalMessage,
     message_json_schema,
     parse_message,
 )
-from data.publishing import publish_heartbeat, publish_pending
-from data.signal_store import SignalStore
-from data.window_store import MemoryWindowStore, RedisWindowStore, window_key
+from pipeline.publishing import publish_heartbeat, publish_pending
+from pipeline.signal_store import SignalStore
+from pipeline.window_store import MemoryWindowStore, RedisWindowStore, window_key
 from tests.conftest import REDIS_URL
 from trading.intents import client_order_id
 

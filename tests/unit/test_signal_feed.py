@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from data.bus import BusItem, RedisBus
-from data.messages import HeartbeatMessage, SignalMessage
-from data.signal_feed import DurableFeed, FeedItem, FeedMessage, FeedProblem, FeedUnavailableError
+from pipeline.bus import BusItem, RedisBus
+from pipeline.messages import HeartbeatMessage, SignalMessage
+from pipeline.signal_feed import DurableFeed, FeedItem, FeedMessage, FeedProblem, FeedUnavailableError
 from tests.conftest import REDIS_URL
 from tests.support.signal_feed import heartbeat, pending, signal, write_minutes, xadd
 

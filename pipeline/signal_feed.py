@@ -32,7 +32,7 @@ import redis
 
 from core.errors import TemporaryError
 from core.logging import get_logger
-from data.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
+from pipeline.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -21,11 +21,11 @@ from data.freshness import ensure_closed_candles
 from data.sources.base import CandleSource
 from data.store import CandleStore
 from data.stream.watermark import WatermarkStore
-from data.window_store import WindowStore, window_key
 from ml.decoding import decode
 from ml.features import FEATURE_SPEC, build_live_batch
 from ml.features.live import Scaler
-from ml.model.schema import OutputSchema
+from ml.outputs import ModelOutputs, horizon_label
+from pipeline.window_store import WindowStore, window_key
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,6 @@ def feature_step(
     order = {s: i for i, s in enumerate(symbols)}
     refs.sort(key=lambda r: order[r.symbol])
     return refs
-
-
-def horizon_label(bars: int, bar_minutes: int) -> str:
-    minutes = bars * bar_minutes
-    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    """What the inference step needs from a loaded model version."""
-
-    version: str
-    outputs: npt.NDArray[np.float32]  # [B, 20]
-    temperature: float
-    schema: OutputSchema
 
 
 def inference_step(

@@ -2,7 +2,7 @@
 
 Channels: ``signals`` (every signal), ``signals:<SYMBOL>`` (one symbol's), and the heartbeat
 channel (one message per minute status). Each message also goes to the durable stream
-(``pipeline.stream_key``), once (``data.bus``). Messages are validated by ``data.messages``.
+(``pipeline.stream_key``), once (``pipeline.bus``). Messages are validated by ``pipeline.messages``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from core.settings import Settings
-from data.bus import BusItem, SignalBus
-from data.messages import DirectionProbabilities, HeartbeatMessage, SignalMessage
 from data.models import SignalRecord
-from data.signal_store import SignalStore
+from pipeline.bus import BusItem, SignalBus
+from pipeline.messages import DirectionProbabilities, HeartbeatMessage, SignalMessage
+from pipeline.signal_store import SignalStore
 
 
 def signal_message(row: SignalRecord) -> SignalMessage:
