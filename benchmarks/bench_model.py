@@ -117,7 +117,7 @@ def main() -> None:
                 runner(xn)
 
             rows.append(("onnxruntime", batch, median_seconds(run_onnx, repeat)))
-    except Exception as exc:  # not installed: the eager numbers stand alone
+    except (ImportError, RuntimeError, OSError) as exc:  # not installed, or the export failed
         print(f"(ONNX Runtime not measured: {exc})")
 
     print(f"{'backend':<12} {'batch':>5} {'median ms':>10} {'GFLOP/s':>8} {'% of matmul':>11}")

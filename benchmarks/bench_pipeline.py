@@ -1,9 +1,14 @@
 """Whole-minute benchmark: replay minutes against real Redis, PostgreSQL and one worker per queue.
 
 Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--symbols 50 100 500] [--minutes 10]``.
-For each universe size it loads simulated history into a scratch PostgreSQL schema, starts the six
-worker processes exactly as in production (features with ``--concurrency 2`` on this 2-core box),
-replays consecutive minutes back to back and prints p50 / p99 of each stage and of the whole minute.
+For each universe size it loads simulated history into a scratch PostgreSQL schema, starts one worker
+per queue exactly as in production plus a second single-process features worker (both cores compute
+features), waits until every one answers a ping (an error naming the silent ones otherwise), replays
+consecutive minutes back to back and prints, per stage and for the whole minute, n, min, median and
+max, plus p95 from 20 minutes and p99 from 100 (fewer samples do not support them).
+Broker, results and application keys share the benchmark's own Redis database (``--redis-url``,
+default ``$MLSIG_BENCH_REDIS_URL`` or db 14; never db 0), emptied before each universe size only if
+it is empty or a benchmark's.
 Targets (DESIGN.md §8, 2 cores, no GPU): 100 symbols <= 2.5 s, 500 symbols <= 8 s per minute.
 The model is an untrained UnifiedPatchTST of the default size: timing does not depend on training.
 
@@ -27,12 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 import torch
 from celery import Celery
 from sqlalchemy import Engine
 
-from benchmarks.common import scratch_postgres
+from benchmarks.common import (
+    add_redis_option,
+    claim_redis,
+    percentiles_for,
+    sample_stats,
+    scratch_postgres,
+    summary,
+)
 from core.logging import configure_logging
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
@@ -47,10 +58,9 @@ from ml.registry import Registry
 from ml.scaling import RobustScaler
 from pipeline.ledger import RunLedger
 from tasks.common import minute_dt
-from tests.support.workers import running_fleet
+from tests.support.workers import WorkerFleet, running_fleet
 from worker.queues import Queue
 
-REDIS = "redis://127.0.0.1:6379"
 STAGES = (
     "dispatch",
     "features_max_chunk",
@@ -60,21 +70,16 @@ STAGES = (
     "publish",
     "minute_total",
 )
+WORKERS_UP_TIMEOUT_S = 120.0
 
 
-def pct(values: list[float], q: float) -> float:
-    present = [v for v in values if not np.isnan(v)]
-    return float(np.percentile(np.asarray(present), q)) if present else float("nan")
-
-
-def worker_env(url: str, registry: Registry, n_symbols: int, chunk: int) -> dict[str, str]:
-    for number in (7, 8, 9):
-        redis.Redis.from_url(f"{REDIS}/{number}").flushdb()
+def worker_env(url: str, redis_url: str, registry: Registry, n_symbols: int, chunk: int) -> dict[str, str]:
+    """The workers' environment: broker, results and application keys in ``redis_url``."""
     return {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": url,
-        "MLSIG_REDIS_URL": f"{REDIS}/9",
-        "MLSIG_CELERY__BROKER_URL": f"{REDIS}/7",
-        "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS}/8",
+        "MLSIG_REDIS_URL": redis_url,
+        "MLSIG_CELERY__BROKER_URL": redis_url,
+        "MLSIG_CELERY__RESULT_BACKEND": redis_url,
         "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
         "MLSIG_DATA__UNIVERSE_SIZE": str(n_symbols),
         "MLSIG_PIPELINE__SYMBOLS_PER_TASK": str(chunk),
@@ -83,6 +88,30 @@ def worker_env(url: str, registry: Registry, n_symbols: int, chunk: int) -> dict
         "MLSIG_LOG_LEVEL": "WARNING",
         "OPENBLAS_NUM_THREADS": "1",
     }
+
+
+def wait_for_workers(client: Celery, fleet: WorkerFleet, timeout_s: float = WORKERS_UP_TIMEOUT_S) -> None:
+    """Until every started worker process answers a ping; a clear error when they do not."""
+    expected = [f"{w.queue.value} (pid {w.process.pid})" for w in fleet.started]
+    deadline = time.monotonic() + timeout_s
+    answered: list[str] = []
+    while time.monotonic() < deadline:
+        answered = sorted(name for reply in client.control.ping(timeout=0.5) or [] for name in reply)
+        if len(answered) >= len(fleet.started):
+            return
+        if any(w.process.poll() is not None for w in fleet.started):
+            break  # a worker exited: waiting longer cannot help
+    exited = [
+        f"{w.queue.value} (exit code {w.process.returncode})"
+        for w in fleet.started
+        if w.process.poll() is not None
+    ]
+    raise RuntimeError(
+        f"the workers did not come up: waited up to {timeout_s:.0f} s for {len(expected)} Celery worker "
+        f"processes ({', '.join(expected)}) to answer a ping on broker "
+        f"{client.conf.broker_url}; {len(answered)} answered ({', '.join(answered) or 'none'}); "
+        f"exited: {', '.join(exited) or 'none'}.\nWorker logs (tail):\n{fleet.logs()}"
+    )
 
 
 def untrained_registry(root: Path) -> Registry:
@@ -100,7 +129,7 @@ def replay(
     engine: Engine,
     first: int,
     minutes: int,
-    before_minute: Callable[[int], None] = lambda minute_ms: None,
+    before_minute: Callable[[int], None] | None = None,
 ) -> tuple[list[Any], list[float]]:
     """Start the fleet and replay ``minutes`` minutes from ``first``; returns ledger rows, wall times."""
     client = Celery(
@@ -113,20 +142,21 @@ def replay(
     with running_fleet(env, tmp) as fleet:
         # The fleet starts one single-process features worker; a second one uses the second core.
         fleet.start(Queue.FEATURES, "--concurrency", "1")
-        for _ in range(240):
-            if len(client.control.ping(timeout=0.5) or []) >= len(Queue) + 1:
-                break
+        wait_for_workers(client, fleet)
         ledger = RunLedger(engine)
         walls: list[float] = []
         # One untimed minute first: worker processes import and load the model lazily.
         for i in range(-1, minutes):
             minute_ms = first + i * MINUTE_MS
             began = time.perf_counter()
-            before_minute(minute_ms)
+            if before_minute is not None:
+                before_minute(minute_ms)
             started = client.send_task(
-                "tasks.pipeline.run_minute", args=[iso_minute(minute_ms), True], queue="control"
+                "tasks.pipeline.run_minute", args=[iso_minute(minute_ms), True], queue=Queue.CONTROL.value
             )
             outcome = started.get(timeout=60)
+            if "result_id" not in outcome:
+                raise RuntimeError(f"minute {iso_minute(minute_ms)} was not dispatched: {outcome}")
             client.AsyncResult(outcome["result_id"]).get(timeout=120)
             if i >= 0:
                 walls.append(time.perf_counter() - began)
@@ -142,24 +172,29 @@ def report(title: str, runs: list[Any], walls: list[float]) -> None:
     reasons = sorted({reason for r in runs if r is not None for reason in r.failures.values()})
     if reasons:
         print(f"  failure reasons seen: {reasons[:3]}")
-    print(f"  {'stage':<22}{'p50 ms':>10}{'p99 ms':>10}   (p99 of {len(runs)} minutes = their maximum)")
-    for stage, values in stages.items():
-        print(f"  {stage:<22}{pct(values, 50) * 1000:>10.0f}{pct(values, 99) * 1000:>10.0f}")
-    print(f"  {'client end to end':<22}{pct(walls, 50) * 1000:>10.0f}{pct(walls, 99) * 1000:>10.0f}")
+    columns = ["min", "median", *(f"p{q}" for q in percentiles_for(len(walls))), "max"]
+    print(f"  {'stage':<22}{'n':>4}" + "".join(f"{c + ' ms':>11}" for c in columns))
+    rows = [*stages.items(), ("client end to end", walls)]
+    for stage, values in rows:
+        stats = sample_stats(values)
+        cells = "".join(f"{stats[c] * 1000:>11.0f}" if c in stats else f"{'-':>11}" for c in columns)
+        print(f"  {stage:<22}{int(stats['n']):>4}{cells}")
+    if len(walls) < 100:
+        print(f"  (no p99 from {len(walls)} minutes: it needs 100; p95 needs 20)")
 
 
-def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
+def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path, redis_url: str) -> None:
     market = SimulatedMarket()
     symbols = market.list_symbols()[:n_symbols]
     end = floor_minute(now_ms()) - (minutes + 2) * MINUTE_MS
-    with scratch_postgres() as url:
+    with scratch_postgres() as url, claim_redis(redis_url):
         engine = db.get_engine(url)
         history = (FEATURE_SPEC.window * 15 + minutes + 30) / 1440
         loaded = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
             symbols, history, end_ms=end
         )
         registry = untrained_registry(tmp / f"models-{n_symbols}")
-        env = worker_env(url, registry, n_symbols, chunk)
+        env = worker_env(url, redis_url, registry, n_symbols, chunk)
         runs, walls = replay(env, tmp, engine, end - minutes * MINUTE_MS, minutes)
     report(
         f"{n_symbols} symbols from the simulator, {minutes} minutes replayed, "
@@ -169,15 +204,17 @@ def run_size(n_symbols: int, minutes: int, chunk: int, tmp: Path) -> None:
     )
 
 
-def run_size_exchange(n_symbols: int, minutes: int, chunk: int, tmp: Path, latency_s: float) -> None:
+def run_size_exchange(
+    n_symbols: int, minutes: int, chunk: int, tmp: Path, latency_s: float, redis_url: str
+) -> None:
     from benchmarks.exchange_minute import exchange_minute_rig
 
     end = floor_minute(now_ms()) - 2 * MINUTE_MS
     first = end - minutes * MINUTE_MS
-    with scratch_postgres() as url:
+    with scratch_postgres() as url, claim_redis(redis_url):
         engine = db.get_engine(url)
         registry = untrained_registry(tmp / f"models-x-{n_symbols}")
-        env = worker_env(url, registry, n_symbols, chunk)
+        env = worker_env(url, redis_url, registry, n_symbols, chunk)
         with exchange_minute_rig(env, engine, n_symbols, first, latency_s) as rig:
             runs, walls = replay(env, tmp, engine, first, minutes, rig.close_minute)
             stream_lag = rig.stream_latencies()
@@ -188,11 +225,7 @@ def run_size_exchange(n_symbols: int, minutes: int, chunk: int, tmp: Path, laten
         walls,
     )
     if stream_lag:
-        print(
-            f"  stream: minute close -> all {n_symbols} stored + watermark: "
-            f"p50 {pct(stream_lag, 50) * 1000:.0f} ms, max {max(stream_lag) * 1000:.0f} ms "
-            f"over {len(stream_lag)} minutes"
-        )
+        print(f"  stream: minute close -> all {n_symbols} stored + watermark: {summary(stream_lag)}")
 
 
 def main() -> None:
@@ -202,14 +235,16 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50, help="symbols per feature task")
     parser.add_argument("--source", choices=["simulator", "exchange"], default="simulator")
     parser.add_argument("--rest-latency-ms", type=float, default=150.0, help="with --source exchange")
+    add_redis_option(parser)
     args = parser.parse_args()
     configure_logging("WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.symbols:
             if args.source == "exchange":
-                run_size_exchange(n, args.minutes, args.chunk, Path(tmp), args.rest_latency_ms / 1000)
+                latency_s = args.rest_latency_ms / 1000
+                run_size_exchange(n, args.minutes, args.chunk, Path(tmp), latency_s, args.redis_url)
             else:
-                run_size(n, args.minutes, args.chunk, Path(tmp))
+                run_size(n, args.minutes, args.chunk, Path(tmp), args.redis_url)
 
 
 if __name__ == "__main__":

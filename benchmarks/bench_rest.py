@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from benchmarks.common import scratch_postgres
+from benchmarks.common import scratch_postgres, summary
 from core.logging import configure_logging
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, now_ms
@@ -36,8 +36,6 @@ from data.validation import ValidationPolicy
 from tests.fakes.exchange_server import KLINE_PATH, FakeExchangeServer
 
 TARGET_S = 1.5
-# Percentiles from fewer samples than this say little.
-MIN_SAMPLES_FOR_P90 = 10
 
 
 @contextmanager
@@ -49,14 +47,6 @@ def scratch_sqlite() -> Iterator[str]:
             yield url
         finally:
             db.dispose_engines()
-
-
-def describe(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    text_ = f"median {statistics.median(ordered) * 1000:.0f} ms"
-    if len(ordered) >= MIN_SAMPLES_FOR_P90:
-        text_ += f", p90 {statistics.quantiles(ordered, n=10)[-1] * 1000:.0f} ms"
-    return f"{text_}, max {ordered[-1] * 1000:.0f} ms, n={len(ordered)}"
 
 
 def main() -> None:
@@ -132,7 +122,7 @@ def main() -> None:
                 f"{settings.exchange.requests_per_second:g}/s burst {settings.exchange.request_burst}"
             )
             print(f"samples (s): {' '.join(f'{s:.3f}' for s in samples)}")
-            print(f"sync: {describe(samples)} (target <= {TARGET_S * 1000:.0f} ms)")
+            print(f"sync: {summary(samples)} (target <= {TARGET_S * 1000:.0f} ms)")
             print(
                 f"server side: {statistics.median(rates):.0f} kline requests/s while a sync runs (median), "
                 f"at most {max(peaks)} in any 1 s window, at most {max(in_flight)} in flight"

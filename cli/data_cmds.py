@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.common import EXIT_PARTIAL, clean_errors, console, policy, ready_store, settings, split_symbols
-from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
-from data.ingest import Ingestor, IngestReport
-from data.sources.factory import make_source, resolve_symbols
-from data.sources.files import exchange_label, read_candle_file
-from data.store import CandleStore, GapRecord, group_outages
-from data.stream.service import CandleStreamService
-from data.validation import Gap, staleness_ms, validate_batch
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from core.settings import Settings
+    from data.ingest import IngestReport
+    from data.store import CandleStore, GapRecord
+    from data.stream.service import CandleStreamService
+    from data.validation import Gap
 
 app = typer.Typer(help="Market data: backfill, sync, import and status.", no_args_is_help=True)
 
@@ -31,6 +31,8 @@ SymbolsOption = typer.Option(None, "--symbols", "-s", help="Symbols, comma-separ
 
 
 def _progress() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -65,6 +67,9 @@ def backfill(
     symbols: list[str] | None = SymbolsOption,
 ) -> None:
     """Load DAYS of closed 1-minute candles for every symbol; resumable and idempotent."""
+    from data.ingest import Ingestor
+    from data.sources.factory import make_source, resolve_symbols
+
     s = settings()
     store = ready_store(s)
     source = make_source(s)
@@ -81,6 +86,9 @@ def backfill(
 @clean_errors
 def sync(symbols: list[str] | None = SymbolsOption) -> None:
     """Fetch only the closed candles newer than what is stored."""
+    from data.ingest import Ingestor
+    from data.sources.factory import make_source, resolve_symbols
+
     s = settings()
     store = ready_store(s)
     source = make_source(s)
@@ -98,8 +106,11 @@ def stream(symbols: list[str] | None = SymbolsOption) -> None:
     Every (re)connect and every hole is repaired over REST first; watermarks and completed minutes
     go to Redis, where the minute's feature tasks wait for them (docs/DATA.md).
     """
+    import asyncio
+
     import redis
 
+    from data.sources.factory import make_source, resolve_symbols
     from data.stream.factory import check_streamable, make_stream_service
     from data.stream.watermark import RedisWatermarks
 
@@ -129,6 +140,7 @@ def stream_status(
     """Is the stream service alive, and how far are the symbols' watermarks? Exit 1 when not alive."""
     import redis
 
+    from data.sources.factory import make_source, resolve_symbols
     from data.stream.watermark import RedisWatermarks
 
     s = settings()
@@ -163,6 +175,9 @@ def stream_status(
 
 
 async def _until_signalled(service: CandleStreamService) -> None:
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,6 +203,9 @@ def import_file(
 
     Missing minutes are filled (flagged, never counted as trades) and reported with where they are.
     """
+    from data.sources.files import exchange_label, read_candle_file
+    from data.validation import validate_batch
+
     s = settings()
     store = ready_store(s)
     label = exchange or exchange_label(file)
@@ -231,6 +249,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per symbol: newest candle, gaps, staleness and quarantine reason."""
+    from data.sources.factory import make_source
+    from data.store import group_outages
+    from data.validation import staleness_ms
+
     s = settings()
     store = ready_store(s)
     label = make_source(s).name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from cli.common import clean_errors, console, settings
-from data import db
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -14,6 +13,8 @@ app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=
 @clean_errors
 def upgrade(revision: str = typer.Option("head", help="Target revision.")) -> None:
     """Upgrade the schema of the configured database (MLSIG_DATABASE_URL) to REVISION."""
+    from data import db
+
     url = settings().database_url
     db.upgrade(url, revision)
     console.print(f"schema at {db.current_revision(url)} ({db.normalise_url(url).split('@')[-1]})")
@@ -23,6 +24,8 @@ def upgrade(revision: str = typer.Option("head", help="Target revision.")) -> No
 @clean_errors
 def downgrade(revision: str = typer.Option(..., help="Target revision, e.g. base.")) -> None:
     """Downgrade the schema to REVISION (``base`` drops every table)."""
+    from data import db
+
     url = settings().database_url
     db.downgrade(url, revision)
     console.print(f"schema at {db.current_revision(url) or 'base'}")
@@ -32,5 +35,7 @@ def downgrade(revision: str = typer.Option(..., help="Target revision, e.g. base
 @clean_errors
 def current() -> None:
     """Print the schema revision of the configured database and the newest one available."""
+    from data import db
+
     url = settings().database_url
     console.print(f"current: {db.current_revision(url) or 'base'}  head: {db.head_revision()}")

@@ -9,10 +9,8 @@ from rich.table import Table
 
 from cli.common import clean_errors, console, ready_store, settings
 from core.timegrid import iso_minute
-from ml.bootstrap import ensure_champion
-from ml.jobs import evaluate_version, registry_for, train_version
-from ml.progress import RichProgress
-from ml.training import TrainingRecipe
+
+# ml.* (and torch with it) is imported inside the commands that use it: it takes seconds.
 
 app = typer.Typer(help="Model versions: train, inspect, promote, roll back, evaluate.", no_args_is_help=True)
 
@@ -90,6 +88,10 @@ def train(
     device: str = DeviceOption,
 ) -> None:
     """Train a new version on stored candles and register it (champion if the registry is empty)."""
+    from ml.jobs import train_version
+    from ml.progress import RichProgress
+    from ml.training import TrainingRecipe
+
     s = settings()
     store = ready_store(s)
     changes = {k: v for k, v in {"days": days, "epochs": epochs, "symbols": symbols}.items() if v is not None}
@@ -107,6 +109,8 @@ def train(
 @clean_errors
 def list_versions() -> None:
     """Every stored version with its aliases and held-out headline figures."""
+    from ml.jobs import registry_for
+
     registry = registry_for(settings())
     versions = registry.versions()
     if not versions:
@@ -145,6 +149,8 @@ def list_versions() -> None:
 @clean_errors
 def show(version: str = VersionArgument) -> None:
     """Training range, recipe, fit and held-out metrics of one version (verifies its files)."""
+    from ml.jobs import registry_for
+
     registry = registry_for(settings())
     registry.verify(version)
     info = registry.info(version)
@@ -185,6 +191,8 @@ def show(version: str = VersionArgument) -> None:
 @clean_errors
 def promote(version: str = VersionArgument) -> None:
     """Make VERSION the champion (the previous champion can be restored with rollback)."""
+    from ml.jobs import registry_for
+
     promoted = registry_for(settings()).promote(version)
     console.print(f"champion is now {promoted}", highlight=False)
 
@@ -193,6 +201,8 @@ def promote(version: str = VersionArgument) -> None:
 @clean_errors
 def rollback() -> None:
     """Return the champion alias to the previous champion."""
+    from ml.jobs import registry_for
+
     restored = registry_for(settings()).rollback()
     console.print(f"champion rolled back to {restored}", highlight=False)
 
@@ -201,6 +211,9 @@ def rollback() -> None:
 @clean_errors
 def evaluate(version: str = VersionArgument, device: str = DeviceOption) -> None:
     """Evaluate VERSION on its held-out period from the candle store; stores and prints the metrics."""
+    from ml.jobs import evaluate_version
+    from ml.progress import RichProgress
+
     s = settings()
     store = ready_store(s)
     with RichProgress(console) as progress:
@@ -212,6 +225,9 @@ def evaluate(version: str = VersionArgument, device: str = DeviceOption) -> None
 @clean_errors
 def bootstrap(device: str = DeviceOption) -> None:
     """First run: if there is no champion, backfill simulated history and train one (a few minutes)."""
+    from ml.bootstrap import ensure_champion
+    from ml.progress import RichProgress
+
     s = settings()
     store = ready_store(s)
     with RichProgress(console) as progress:

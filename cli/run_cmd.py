@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
 from rich.table import Table
 
 from cli.common import clean_errors, console, settings
 from core.errors import MLSignalsError
-from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms, parse_minute
-from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 
 if TYPE_CHECKING:
+    from core.settings import Settings
+    from pipeline.messages import HeartbeatMessage, SignalMessage
     from worker.runtime import Runtime
 
 ROWS = 20
@@ -30,6 +29,8 @@ class SignalBoard:
         self.heartbeats: list[HeartbeatMessage] = []
 
     def feed(self, raw: str) -> HeartbeatMessage | None:
+        from pipeline.messages import HeartbeatMessage, parse_message
+
         message = parse_message(raw)
         if isinstance(message, HeartbeatMessage):
             self.heartbeats.append(message)
@@ -102,6 +103,8 @@ def run(
     ),
 ) -> None:
     """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
+    from rich.live import Live
+
     from ml.bootstrap import ensure_champion, ensure_live_history
     from worker.embedded import embedded_runtime
 
@@ -157,9 +160,8 @@ def run(
 
 
 def _replay(s: Settings, first: int, count: int) -> None:
-
-    from tasks.pipeline import start_minute
-    from worker.app import app
+    """Run COUNT minutes from FIRST back to back: each one's ``run_minute`` task, sent through the
+    embedded broker like beat sends it, and its whole chord waited for before the next minute."""
     from worker.embedded import embedded_runtime
 
     with embedded_runtime(s, beat=False) as rt:
@@ -170,14 +172,11 @@ def _replay(s: Settings, first: int, count: int) -> None:
         for i in range(count):
             minute = iso_minute(first + i * MINUTE_MS)
             tick = time.perf_counter()
-            outcome = start_minute(rt, minute, replay=True)
+            outcome = replay_minute(minute, s.pipeline.minute_deadline_seconds)
             if "result_id" not in outcome:
                 duplicates += outcome["status"] == "duplicate"
                 console.print(f"{minute}: {outcome['status']} {outcome.get('note', '')}", highlight=False)
                 continue
-            app.AsyncResult(outcome["result_id"]).get(
-                timeout=s.pipeline.minute_deadline_seconds, propagate=True
-            )
             while True:
                 try:
                     _channel, raw = inbox.get_nowait()
@@ -193,3 +192,25 @@ def _replay(s: Settings, first: int, count: int) -> None:
             console.print("every minute was already run (the pipeline_runs ledger holds it): nothing new")
         elif not board.heartbeats:
             raise MLSignalsError("replay produced no minute")
+
+
+def replay_minute(minute: str, deadline_s: float) -> dict[str, Any]:
+    """Send ``tasks.pipeline.run_minute`` for a past MINUTE and wait for it, then for its chord.
+
+    Returns the task's outcome: ``{"minute", "status", "run", "symbols", "result_id"}`` once
+    dispatched, or ``{"minute", "status"[, "note"]}`` when the minute did not run (a duplicate, no
+    champion). Task errors are raised here. Waiting needs a runner that may join results (the
+    embedded runtime's block allows it; ``allow_join_result`` says so where this runs).
+    """
+    from celery.result import allow_join_result
+
+    from tasks.pipeline import run_minute
+    from worker.app import app
+
+    with allow_join_result():
+        outcome: dict[str, Any] = run_minute.apply_async(kwargs={"minute": minute, "replay": True}).get(
+            timeout=deadline_s, propagate=True
+        )
+        if "result_id" in outcome:
+            app.AsyncResult(outcome["result_id"]).get(timeout=deadline_s, propagate=True)
+    return outcome

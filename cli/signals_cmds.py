@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from cli.common import clean_errors, console, err_console, settings
-from core.settings import Settings
-from pipeline.messages import HeartbeatMessage, MalformedMessageError, SignalMessage, parse_message
-from pipeline.signal_feed import DurableFeed, FeedProblem
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from pipeline.messages import HeartbeatMessage, SignalMessage
 
 app = typer.Typer(
     help="Live signals on Redis pub/sub or the durable stream (schema: docs/ML_API.md).", no_args_is_help=True
@@ -21,6 +23,8 @@ BATCH = 100
 
 
 def describe(message: SignalMessage | HeartbeatMessage) -> str:
+    from pipeline.messages import HeartbeatMessage
+
     if isinstance(message, HeartbeatMessage):
         return (
             f"{message.minute:%Y-%m-%d %H:%M} heartbeat {message.status}: {message.signals} signals, "
@@ -92,6 +96,8 @@ def subscribe(
 def _pubsub(s: Settings, symbol: str | None, count: int, as_json: bool, heartbeat: bool) -> None:
     import redis
 
+    from pipeline.messages import MalformedMessageError, parse_message
+
     client = redis.Redis.from_url(s.redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     channels = [f"{s.pipeline.channel}:{symbol}" if symbol else s.pipeline.channel]
@@ -132,6 +138,9 @@ def _durable(
     --no-heartbeat) acknowledges what it does not print: give it a group of its own.
     """
     import redis
+
+    from pipeline.messages import HeartbeatMessage
+    from pipeline.signal_feed import DurableFeed, FeedProblem
 
     client = redis.Redis.from_url(
         s.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -10,9 +10,9 @@ from rich.table import Table
 
 from cli.common import clean_errors, console, ready_store, settings
 from core.timegrid import as_utc
-from trading.executor import set_halted
-from trading.report import account_status, recent_fills, recent_intents, recent_orders
-from trading.risk import RiskLimits
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 app = typer.Typer(help="Orders, positions, PnL and the kill switch.", no_args_is_help=True)
 
@@ -33,6 +33,9 @@ def _money(value: float) -> str:
 @clean_errors
 def status() -> None:
     """Balance, equity, PnL, open positions and orders, the limits in force, halted or not."""
+    from trading.report import account_status
+    from trading.risk import RiskLimits
+
     s = settings()
     engine = ready_store(s).engine
     mode = s.trading.mode
@@ -111,6 +114,8 @@ def history(
     symbol: str | None = typer.Option(None, "--symbol", "-s", help="Only this symbol."),
 ) -> None:
     """Recent intents (with rejection reasons), orders and fills, newest first."""
+    from trading.report import recent_fills, recent_intents, recent_orders
+
     s = settings()
     engine = ready_store(s).engine
     mode = s.trading.mode
@@ -164,6 +169,8 @@ def halt(
     reason: str = typer.Option("halted by the operator", "--reason", help="Why (shown with every refusal)."),
 ) -> None:
     """Kill switch on: every new intent is refused and pending paper entries are cancelled."""
+    from trading.executor import set_halted
+
     s = settings()
     set_halted(ready_store(s).engine, s, True, reason)
     console.print(f"trading halted: {escape(reason)}", highlight=False)
@@ -173,6 +180,8 @@ def halt(
 @clean_errors
 def resume() -> None:
     """Kill switch off: new intents are checked and placed again."""
+    from trading.executor import set_halted
+
     s = settings()
     set_halted(ready_store(s).engine, s, False)
     console.print("trading resumed", highlight=False)

@@ -18,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from typing_extensions import override
 
 ENV_PREFIX = "MLSIG_"
 CONFIG_FILE_ENV = "MLSIG_CONFIG_FILE"
@@ -268,7 +269,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'mlsignals.db').as_posix()}"
         return self
 
+    # pydantic-settings calls this hook with every source by keyword (so no parameter may be
+    # renamed or dropped); the .env source is left out on purpose.
     @classmethod
+    @override
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],

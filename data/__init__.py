@@ -1,4 +1,4 @@
 """Market data: database models and sessions, candle sources, validation, ingestion, the candle store.
 
-May import ``core``; never ``ml``, ``trading``, ``tasks`` or ``worker``.
+May import ``core``; never ``ml``, ``trading``, ``pipeline``, ``worker``, ``tasks`` or ``cli``.
 """

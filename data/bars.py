@@ -9,11 +9,14 @@ has NaN prices so that nothing downstream can mistake it for real data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from core.timegrid import MINUTE_MS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
@@ -84,10 +87,14 @@ class BarPanel:
         return reasons
 
     def index(self) -> pd.DatetimeIndex:
+        import pandas as pd
+
         return pd.DatetimeIndex(pd.to_datetime(self.bar_open_ms, unit="ms", utc=True), name="time")
 
     def frame(self, symbol: str) -> pd.DataFrame:
         """One symbol's bars as the DataFrame ``ml.features.compute`` takes."""
+        import pandas as pd
+
         i = self.symbols.index(symbol)
         return pd.DataFrame(
             {name: getattr(self, name)[i] for name in BAR_FIELDS},
@@ -183,6 +190,8 @@ def resample_anchored(candles: pd.DataFrame, bar_minutes: int, phase_minute: int
     ``A`` when ``A`` has that phase, so live and training inputs are the same numbers. Returns a frame
     indexed by bar open time (UTC) with ``open, high, low, close, volume`` and ``complete``.
     """
+    import pandas as pd
+
     if candles.empty:
         raise ValueError("no candles to resample")
     bar_ms = bar_minutes * MINUTE_MS

@@ -8,9 +8,12 @@ A candle frame is a ``pandas.DataFrame`` with a RangeIndex and exactly ``CANDLE_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 VALUE_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume", "turnover")
@@ -18,6 +21,8 @@ CANDLE_COLUMNS: tuple[str, ...] = ("open_time", *VALUE_COLUMNS)
 
 
 def empty_candles() -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame({"open_time": np.empty(0, dtype=np.int64)})
     for col in VALUE_COLUMNS:
         frame[col] = np.empty(0, dtype=np.float64)
@@ -26,6 +31,8 @@ def empty_candles() -> pd.DataFrame:
 
 def candles_from_rows(rows: Sequence[Sequence[float | int | None]]) -> pd.DataFrame:
     """Build a frame from ``[ts, o, h, l, c, v]`` or ``[ts, o, h, l, c, v, turnover]`` rows (ccxt order)."""
+    import pandas as pd
+
     if not rows:
         return empty_candles()
     arr = np.asarray(rows, dtype=np.float64)
@@ -40,6 +47,8 @@ def candles_from_rows(rows: Sequence[Sequence[float | int | None]]) -> pd.DataFr
 
 def coerce_candles(frame: pd.DataFrame) -> pd.DataFrame:
     """Return ``frame`` with exactly the candle columns and dtypes (``turnover`` may be absent)."""
+    import pandas as pd
+
     missing = [c for c in CANDLE_COLUMNS if c not in frame.columns and c != "turnover"]
     if missing:
         raise ValueError(f"candle frame lacks columns {missing}")

@@ -1,12 +1,13 @@
 """SQLAlchemy 2 models of the market-data tables. Migrations in ``migrations/`` must match them.
 
 Candle times are BIGINT milliseconds since the epoch (UTC), as ccxt and the exchanges give them:
-exact, portable between PostgreSQL and SQLite, and cheap to bucket into bars inside SQL.
+exact, portable between PostgreSQL and SQLite, and cheap to bucket into bars inside SQL. Every
+other time is a ``UtcDateTime`` column: aware UTC datetimes in and out, on both databases.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +26,9 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so that migrations and models agree on every dialect.
 NAMING_CONVENTION = {
@@ -39,6 +42,42 @@ NAMING_CONVENTION = {
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT ids fall back to INTEGER there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An instant: ``TIMESTAMP WITH TIME ZONE`` that takes and gives timezone-aware UTC datetimes.
+
+    In: an aware datetime, in any zone, stored as UTC; a naive one is refused (``ValueError``),
+    since nothing says which zone it is in. Out: an aware datetime in UTC, on every dialect:
+    PostgreSQL answers in the session's time zone, SQLite stores no zone at all (its text is the
+    UTC wall time, as before this type existed), and ``max()`` of the column is converted too.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"{value!r} is not a datetime: a timestamp column takes aware UTC datetimes")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value!r}: a timestamp column takes timezone-aware datetimes only "
+                "(use datetime.now(UTC), or .replace(tzinfo=UTC) when the value is known to be UTC)"
+            )
+        utc = value.astimezone(UTC)
+        # SQLite keeps the text of the wall time: without the zone, as every stored row has it.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        if isinstance(value, str):  # an expression SQLite answers as text
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"{value!r} read from a timestamp column is not a datetime")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def exists_on_dialect(obj: object, dialect: str) -> bool:
@@ -72,7 +111,7 @@ class RawMarketData(Base):
     volume: Mapped[float] = mapped_column(Double)
     turnover: Mapped[float | None] = mapped_column(Double, nullable=True)
     is_filled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ingested_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class ProcessedMarketData(Base):
@@ -100,7 +139,7 @@ class ProcessedMarketData(Base):
     bar_open_time: Mapped[int] = mapped_column(BigInteger)
     feature_spec_hash: Mapped[str] = mapped_column(String(64))
     features: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class TechnicalIndicator(Base):
@@ -121,7 +160,7 @@ class TechnicalIndicator(Base):
     indicator: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     value: Mapped[float | None] = mapped_column(Double, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class DataQuarantine(Base):
@@ -133,8 +172,8 @@ class DataQuarantine(Base):
     symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
     rule: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text)
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class CandleGap(Base):
@@ -154,7 +193,7 @@ class CandleGap(Base):
     minutes: Mapped[int] = mapped_column(Integer)
     filled: Mapped[int] = mapped_column(Integer)
     outage: Mapped[bool] = mapped_column(Boolean)
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class PipelineRun(Base):
@@ -163,7 +202,7 @@ class PipelineRun(Base):
     __tablename__ = "pipeline_runs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), unique=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime(), unique=True)
     status: Mapped[str] = mapped_column(String(16))
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     symbols_asked: Mapped[int] = mapped_column(Integer, default=0)
@@ -171,13 +210,13 @@ class PipelineRun(Base):
     failures: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # The minute supervisor's bookkeeping: how often the chord was dispatched, and the stage the run
     # last reached (dispatched, inference, publish) and when.
     attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    stage_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stage_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_pipeline_runs_status", "status"),)
 
@@ -194,9 +233,9 @@ class SignalRecord(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     symbol: Mapped[str] = mapped_column(String(64))
-    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     model_version: Mapped[str] = mapped_column(String(64))
-    bar_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    bar_end: Mapped[datetime] = mapped_column(UtcDateTime())
     direction: Mapped[str] = mapped_column(String(8))
     confidence: Mapped[float] = mapped_column(Double)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
@@ -205,11 +244,11 @@ class SignalRecord(Base):
     entry_price: Mapped[float] = mapped_column(Double)
     stop_loss: Mapped[float | None] = mapped_column(Double, nullable=True)
     take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     schema_version: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    orders_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    orders_enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class MlPrediction(Base):
@@ -220,11 +259,11 @@ class MlPrediction(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     symbol: Mapped[str] = mapped_column(String(64))
-    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     model_version: Mapped[str] = mapped_column(String(64))
     outputs: Mapped[list[float]] = mapped_column(JsonDocument)
     temperature: Mapped[float] = mapped_column(Double)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class OrderIntent(Base):
@@ -235,7 +274,7 @@ class OrderIntent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
     symbol: Mapped[str] = mapped_column(String(64))
-    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     model_version: Mapped[str] = mapped_column(String(64))
     direction: Mapped[str] = mapped_column(String(8))
     confidence: Mapped[float] = mapped_column(Double)
@@ -244,8 +283,8 @@ class OrderIntent(Base):
     take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class TradingAccount(Base):
@@ -264,18 +303,18 @@ class TradingAccount(Base):
     # Cash: the initial balance plus realised PnL minus fees (live: the exchange's wallet balance).
     balance: Mapped[float] = mapped_column(Double)
     equity: Mapped[float] = mapped_column(Double)
-    day_start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    day_start_at: Mapped[datetime] = mapped_column(UtcDateTime())
     day_start_equity: Mapped[float] = mapped_column(Double)
     halted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     halt_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    halted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    halted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # Paper: candles with open time before this were processed (fills, stop-loss, take-profit).
     ticked_to_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     # Bumped by every transaction that holds the lock: a process may reuse what it read of the
     # account's positions and orders while nobody else has changed them.
     version: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class TradingOrder(Base):
@@ -300,17 +339,17 @@ class TradingOrder(Base):
     take_profit: Mapped[float | None] = mapped_column(Double, nullable=True)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    signal_minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    signal_minute: Mapped[datetime] = mapped_column(UtcDateTime())
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     position_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     exchange_order_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     filled_qty: Mapped[float] = mapped_column(Double, default=0.0)
     avg_price: Mapped[float | None] = mapped_column(Double, nullable=True)
     fee: Mapped[float] = mapped_column(Double, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    filled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    filled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class TradingPosition(Base):
@@ -333,9 +372,9 @@ class TradingPosition(Base):
     status: Mapped[str] = mapped_column(String(16))
     entry_order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     exit_order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    signal_minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    signal_minute: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     exit_price: Mapped[float | None] = mapped_column(Double, nullable=True)
     exit_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     mark_price: Mapped[float] = mapped_column(Double)
@@ -345,8 +384,8 @@ class TradingPosition(Base):
     fees: Mapped[float] = mapped_column(Double, default=0.0)
     # Stop-loss and take-profit were checked against every candle up to this open time.
     checked_through_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class TradingFill(Base):
@@ -366,5 +405,5 @@ class TradingFill(Base):
     realised_pnl: Mapped[float] = mapped_column(Double, default=0.0)
     kind: Mapped[str] = mapped_column(String(32))
     candle_open_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    filled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    filled_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import Engine, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -28,6 +27,9 @@ from data.bars import BAR_FIELDS, BarPanel, bar_open_times
 from data.candles import CANDLE_COLUMNS
 from data.models import CandleGap, DataQuarantine
 from data.validation import ValidatedBatch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INTERVAL = "1m"
 _WRITE_COLUMNS = pgcopy.COLUMNS
@@ -106,6 +108,8 @@ class CandleStore:
     # -- writes -------------------------------------------------------------------------------
     def write(self, exchange: str, batches: Sequence[ValidatedBatch]) -> int:
         """Insert every candle of ``batches`` in one transaction; returns how many were new."""
+        import pandas as pd
+
         batches = [b for b in batches if len(b.frame)]
         if not batches:
             return 0
@@ -129,6 +133,8 @@ class CandleStore:
 
     @staticmethod
     def _tagged(exchange: str, batch: ValidatedBatch) -> pd.DataFrame:
+        import pandas as pd
+
         frame = batch.frame
         out = pd.DataFrame(
             {"exchange": exchange, "symbol": batch.symbol, "interval": INTERVAL}, index=frame.index
@@ -287,6 +293,8 @@ class CandleStore:
 
     def read_candles(self, exchange: str, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """One symbol's stored candles with open time in ``[start, end)``, ascending."""
+        import pandas as pd
+
         stmt = text(
             f"SELECT {', '.join(CANDLE_COLUMNS)}, is_filled FROM raw_market_data WHERE exchange = :exchange "
             "AND symbol = :symbol AND interval = :interval AND open_time >= :start AND open_time < :end "
@@ -565,6 +573,4 @@ def _gap_rows(exchange: str, batches: Sequence[ValidatedBatch]) -> list[tuple[An
     ]
 
 
-_BARS_ROW = np.dtype(
-    [("k", ">i8"), ("n", ">i8"), ("filled", ">i8")] + [(name, ">f8") for name in BAR_FIELDS]
-)
+_BARS_ROW = np.dtype([("k", ">i8"), ("n", ">i8"), ("filled", ">i8")] + [(name, ">f8") for name in BAR_FIELDS])

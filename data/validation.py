@@ -11,14 +11,18 @@ judge how much of a window is real) and reported as a ``Gap``; gaps longer than
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+import numpy.typing as npt
 
 from core.errors import DataValidationError
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, iso_minute
 from data.candles import CANDLE_COLUMNS, PRICE_COLUMNS, coerce_candles
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def validate_batch(
 
 def failing_rows(
     ts: np.ndarray, values: np.ndarray, prev_close: np.ndarray, policy: ValidationPolicy
-) -> np.ndarray:
+) -> npt.NDArray[np.bool_]:
     """The rows that break a rule, checked for many symbols' next minutes at once.
 
     ``values`` are ``[n, 6]`` open, high, low, close, volume, turnover; ``prev_close`` is each row's
@@ -170,7 +174,7 @@ def failing_rows(
     """
     o, h, lo, c, v = values[:, 0], values[:, 1], values[:, 2], values[:, 3], values[:, 4]
     with np.errstate(invalid="ignore", divide="ignore"):
-        bad = ~np.isfinite(values[:, :5]).all(axis=1) | (ts % MINUTE_MS != 0)
+        bad: npt.NDArray[np.bool_] = ~np.isfinite(values[:, :5]).all(axis=1) | (ts % MINUTE_MS != 0)
         bad |= (values[:, :4] <= 0).any(axis=1) | (v < 0)
         bad |= (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (h < lo)
         bad |= np.abs(np.log(c / prev_close)) > policy.max_abs_log_return
@@ -188,6 +192,8 @@ def _fill_gaps(
     expected_start_ms: int | None,
     prev_close: float | None,
 ) -> ValidatedBatch:
+    import pandas as pd
+
     ts = candles["open_time"].to_numpy()
     missing = np.diff(np.concatenate([[_previous_open(ts, expected_start_ms)], ts])) // MINUTE_MS - 1
     out = candles.assign(is_filled=np.zeros(len(candles), dtype=bool))

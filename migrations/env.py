@@ -21,7 +21,10 @@ def _url() -> str:
     return normalise_url(get_settings().database_url)
 
 
-def _include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+def _include_object(
+    obj: object, _name: str | None, _type: str, _reflected: bool, _compare_to: object
+) -> bool:
+    # Alembic's include_object hook: it passes all five arguments positionally; only the object counts.
     return exists_on_dialect(obj, context.get_context().dialect.name)
 
 

@@ -1,4 +1,4 @@
 """ML: feature spec and engine, scaler, model, training, registry, decoding.
 
-May import core and data; never tasks, worker or trading.
+May import core and data; never trading, pipeline, worker, tasks or cli.
 """

@@ -155,7 +155,8 @@ class Dataset:
     def windows(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """The model input of samples ``idx``: float32 ``[len(idx), context, F]``, oldest row first."""
         offsets = np.arange(1 - self.context, 1, dtype=np.int64)
-        return self.x[self.row[idx][:, None] + offsets[None, :]]
+        windows: npt.NDArray[np.float32] = self.x[self.row[idx][:, None] + offsets[None, :]]
+        return windows
 
 
 def cross_sectional_demean(

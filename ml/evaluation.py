@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy.stats import spearmanr
 
 from ml.dataset import Dataset
 from ml.decoding import LONG, NEUTRAL, SHORT, DecodeRules, decode_arrays, softmax
@@ -32,24 +33,26 @@ SWEEP_THRESHOLDS = (0.4, 0.45, 0.5, 0.55)
 FloatArray = npt.NDArray[np.float64]
 
 
-def rankdata(x: FloatArray) -> FloatArray:
-    """Ranks 0..n-1 with ties sharing their average rank."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(x.shape[0], dtype=np.float64)
-    ranks[order] = np.arange(x.shape[0], dtype=np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    if counts.max(initial=1) > 1:
-        sums = np.bincount(inverse, weights=ranks)
-        ranks = sums[inverse] / counts[inverse]
-    return ranks
+def _order_keys(x: FloatArray) -> npt.NDArray[np.intp]:
+    """Dense ranks 0..k-1 of ``x``: equal values share one (-0.0 == 0.0), and the NaNs share the
+    highest (NumPy's sort order puts them after every number, +inf included)."""
+    return np.unique(x, return_inverse=True, equal_nan=True)[1]
 
 
 def spearman(a: FloatArray, b: FloatArray) -> float:
+    """Spearman's rank correlation (``scipy.stats.spearmanr``): ties share their average rank.
+
+    NaN with fewer than two samples or when either side is constant (all tied). A NaN input does not
+    make the result NaN: NaNs are ranked as equal to each other and above every number. Ranking the
+    dense keys of ``_order_keys`` instead of the values gives the same ranks and hands SciPy finite
+    input only, so its NaN policy and its constant-input warning never apply.
+    """
     if a.shape[0] < 2:
         return float("nan")
-    ra, rb = rankdata(a) - (a.shape[0] - 1) / 2, rankdata(b) - (b.shape[0] - 1) / 2
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    ka, kb = _order_keys(a), _order_keys(b)
+    if ka.max() == 0 or kb.max() == 0:
+        return float("nan")
+    return float(spearmanr(ka, kb).statistic)
 
 
 def ic_per_time(pred: FloatArray, real: FloatArray, times: npt.NDArray[np.int64]) -> tuple[float, int]:

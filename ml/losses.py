@@ -15,19 +15,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from ml.dataset import Dataset
-from ml.model.config import DIRECTION_CLASSES
-
-if TYPE_CHECKING:
-    from ml.training import TrainingRecipe
+from ml.model.config import DIRECTION_CLASSES, ModelConfig
 
 RETURN_CLIP = 0.999
+
+
+class TargetRecipe(Protocol):
+    """What the targets and their normalisers read of a training recipe (``ml.training.TrainingRecipe``
+    is one; the loss does not depend on the training loop's module)."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+
+    @property
+    def returns_target(self) -> Literal["raw", "neutral"]: ...
+
+    @property
+    def target_clip_sd(self) -> float: ...
+
+    @property
+    def class_weight_power(self) -> float: ...
 
 
 @dataclass
@@ -60,7 +74,7 @@ class TargetStats:
 
 
 def raw_targets(
-    ds: Dataset, idx: npt.NDArray[np.int64], recipe: TrainingRecipe
+    ds: Dataset, idx: npt.NDArray[np.int64], recipe: TargetRecipe
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     config = recipe.model
     raw = ds.neutral_returns[idx] if recipe.returns_target == "neutral" else ds.returns[idx]
@@ -72,7 +86,7 @@ def raw_targets(
 
 
 def targets(
-    ds: Dataset, idx: npt.NDArray[np.int64], recipe: TrainingRecipe, stats: TargetStats
+    ds: Dataset, idx: npt.NDArray[np.int64], recipe: TargetRecipe, stats: TargetStats
 ) -> tuple[np.ndarray, ...]:
     ret, cls, risk = raw_targets(ds, idx, recipe)
     ret = np.clip(ret, -stats.return_clip, stats.return_clip)
@@ -80,7 +94,7 @@ def targets(
     return ret.astype(np.float32), cls, risk.astype(np.float32)
 
 
-def target_stats(ds: Dataset, idx: npt.NDArray[np.int64], recipe: TrainingRecipe) -> TargetStats:
+def target_stats(ds: Dataset, idx: npt.NDArray[np.int64], recipe: TargetRecipe) -> TargetStats:
     ret, cls, risk = raw_targets(ds, idx, recipe)
     k = recipe.target_clip_sd
     return_clip = np.minimum(k * ret.std(axis=0), RETURN_CLIP)

@@ -128,7 +128,8 @@ class Predictor:
             if self._onnx is not None:
                 return self._onnx(x.numpy())
             with torch.inference_mode():
-                return self._model(x.to(self.device, non_blocking=True)).cpu().numpy()
+                out: npt.NDArray[np.float32] = self._model(x.to(self.device, non_blocking=True)).cpu().numpy()
+            return out
 
     def predict_batch(self, batch: LiveBatch) -> Prediction:
         """Outputs for a live batch, after checking it was built for this model's feature spec."""

@@ -336,7 +336,10 @@ class Registry:
         try:
             state = torch.load(io.BytesIO(files["weights.pt"]), map_location=map_location, weights_only=True)
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # unpickling refuses, shapes differ, keys missing: all mean a bad file
+        except Exception as exc:  # noqa: BLE001 - torch's loaders document no error types: bad bytes
+            # raise EOFError, UnpicklingError, RuntimeError, KeyError, struct.error, UnicodeDecodeError
+            # and more; a refused global, different shapes or missing keys too. All mean a bad file,
+            # and none is swallowed: each becomes a ModelIntegrityError.
             raise ModelIntegrityError(f"model {version}: weights.pt cannot be loaded: {exc}") from None
         model.eval()
         return LoadedModel(

@@ -240,14 +240,40 @@ def _teach(
     )
 
 
-def _fit(
+@dataclass
+class _Run:
+    """What one training run works with: the samples, the networks, the optimiser, the normalisers."""
+
+    ds: Dataset
+    recipe: TrainingRecipe
+    device: torch.device
+    progress: Progress
+    rng: np.random.Generator
+    train_idx: npt.NDArray[np.int64]
+    train_groups: list[npt.NDArray[np.int64]]  # one cross-section (anchor time) each
+    val_idx: npt.NDArray[np.int64]
+    model: UnifiedPatchTST
+    ema: UnifiedPatchTST  # the averaged weights (``model`` itself without averaging)
+    stats: TargetStats  # the label normalisers: validation and the stored model
+    fit_stats: TargetStats  # the normalisers of the targets the training loss fits
+    teach: _Teaching | None
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    amp: torch.dtype | None
+    per_epoch: int  # training samples drawn per epoch
+    steps_per_epoch: int
+    seen: int = 0  # training samples stepped on so far
+
+
+def _prepare(
     ds: Dataset,
     recipe: TrainingRecipe,
     device: torch.device,
     progress: Progress,
     rng: np.random.Generator,
-    began: float,
-) -> FitResult:
+) -> _Run:
+    """Data preparation and set-up: the split's samples, the network (and its average), the target
+    normalisers, the teacher's targets, the optimiser and its schedule."""
     train_idx = ds.indices("train")
     val_all = ds.indices("val")
     if train_idx.size == 0 or val_all.size == 0:
@@ -264,7 +290,6 @@ def _fit(
     # The training loss is normalised by the variance of the targets it actually fits (teacher
     # predictions vary far less than realised returns); validation keeps the label normalisers.
     fit_stats = stats if teach is None else replace(stats, return_var=teach.return_var)
-    stats, fit_stats = stats.to(device), fit_stats.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.learning_rate)
     per_epoch = min(recipe.samples_per_epoch, train_idx.size)
     steps_per_epoch = -(-per_epoch // recipe.batch_size)
@@ -273,91 +298,175 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _schedule(step, total_steps, warmup)
     )
-    amp = autocast_dtype(recipe, device)
+    return _Run(
+        ds=ds,
+        recipe=recipe,
+        device=device,
+        progress=progress,
+        rng=rng,
+        train_idx=train_idx,
+        train_groups=train_groups,
+        val_idx=val_idx,
+        model=model,
+        ema=ema,
+        stats=stats.to(device),
+        fit_stats=fit_stats.to(device),
+        teach=teach,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        amp=autocast_dtype(recipe, device),
+        per_epoch=per_epoch,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _batch_targets(
+    run: _Run, batch: npt.NDArray[np.int64]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Returns, classes and risk of ``batch`` on the device; with a teacher, the returns are mixed
+    with its predictions and its class probabilities come as the soft direction targets."""
+    recipe, device = run.recipe, run.device
+    ret, cls, risk = (torch.from_numpy(a).to(device) for a in targets(run.ds, batch, recipe, run.stats))
+    soft = None
+    if run.teach is not None:
+        pos = run.teach.position(batch)
+        mixed = (
+            recipe.distill_returns * run.teach.returns[pos] + (1 - recipe.distill_returns) * ret.cpu().numpy()
+        )
+        ret = torch.from_numpy(mixed.astype(np.float32)).to(device)
+        soft = torch.from_numpy(run.teach.probs[pos].astype(np.float32)).to(device)
+    return ret, cls, risk, soft
+
+
+def _average_weights(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """One step of the exponential moving average of the weights (nothing without averaging)."""
+    if ema is model:
+        return
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p, 1.0 - decay)
+
+
+def _train_step(run: _Run, batch: npt.NDArray[np.int64]) -> float:
+    """One optimiser step on ``batch``; returns its training loss."""
+    recipe, device = run.recipe, run.device
+    xb = torch.from_numpy(run.ds.windows(batch)).to(device)
+    ret, cls, risk, soft = _batch_targets(run, batch)
+    groups = _group_ids(run.ds, batch, device) if recipe.cross_sectional else None
+    with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        out = run.model(xb)
+    l_ret, l_dir, l_risk = loss_terms(
+        out.float(),
+        ret,
+        cls,
+        risk,
+        run.fit_stats,
+        recipe.focal_gamma,
+        groups,
+        soft,
+        recipe.distill_direction,
+    )
     w = recipe.loss_weights
+    loss = w.returns * l_ret + w.direction * l_dir + w.risk * l_risk
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    _average_weights(run.ema, run.model, recipe.ema_decay)
+    run.seen += int(batch.shape[0])
+    return float(loss.item())
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One epoch on freshly drawn training samples; returns the smoothed training loss."""
+    recipe = run.recipe
+    run.model.train()
+    if recipe.cross_sectional:
+        pick = _pick_groups(run.train_idx, run.train_groups, run.per_epoch, run.rng)
+    else:
+        pick = run.rng.choice(run.train_idx, run.per_epoch, replace=False)
+    run.progress.start(f"epoch {epoch}/{recipe.epochs}", run.steps_per_epoch)
+    running = 0.0
+    for step in range(run.steps_per_epoch):
+        loss = _train_step(run, pick[step * recipe.batch_size : (step + 1) * recipe.batch_size])
+        running = loss if step == 0 else 0.95 * running + 0.05 * loss
+        run.progress.update(step + 1, loss=running)
+    return running
+
+
+def _validate_epoch(run: _Run, epoch: int, train_loss: float) -> dict[str, float]:
+    """The averaged weights' validation metrics after ``epoch``, reported to the progress."""
+    metrics = validate(run.ema, run.ds, run.val_idx, run.recipe, run.stats, run.device)
+    metrics["epoch"] = float(epoch)
+    metrics["train_loss"] = train_loss
+    progress = run.progress
+    if hasattr(progress, "metrics"):
+        progress.metrics(metrics)
+    progress.note(
+        f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, "
+        f"val acc 15m {metrics['val_acc_h1']:.3f} (majority {metrics['val_majority_h1']:.3f}), "
+        f"val IC 15m {metrics['val_ic_h1']:+.4f}, 1h {metrics['val_ic_h4']:+.4f}"
+    )
+    return metrics
+
+
+@dataclass
+class _EarlyStopping:
+    """Early stopping on the validation loss, with a checkpoint of the best epoch's weights."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def should_stop(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
+        """Record ``epoch``: a new best keeps a copy of ``model``'s weights; True once ``patience``
+        epochs in a row brought no improvement."""
+        if val_loss < self.best_loss - 1e-5:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model``."""
+        assert self.best_state is not None  # the first epoch always improves on infinity
+        model.load_state_dict(self.best_state)
+
+
+def _fit(
+    ds: Dataset,
+    recipe: TrainingRecipe,
+    device: torch.device,
+    progress: Progress,
+    rng: np.random.Generator,
+    began: float,
+) -> FitResult:
+    run = _prepare(ds, recipe, device, progress, rng)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, None
-    bad_epochs = 0
-    seen = 0
+    stopping = _EarlyStopping(recipe.patience)
     stopped_early = False
     for epoch in range(1, recipe.epochs + 1):
-        model.train()
-        if recipe.cross_sectional:
-            pick = _pick_groups(train_idx, train_groups, per_epoch, rng)
-        else:
-            pick = rng.choice(train_idx, per_epoch, replace=False)
-        progress.start(f"epoch {epoch}/{recipe.epochs}", steps_per_epoch)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            batch = pick[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            xb = torch.from_numpy(ds.windows(batch)).to(device)
-            ret, cls, risk = (torch.from_numpy(a).to(device) for a in targets(ds, batch, recipe, stats))
-            soft = None
-            if teach is not None:
-                pos = teach.position(batch)
-                mixed = (
-                    recipe.distill_returns * teach.returns[pos]
-                    + (1 - recipe.distill_returns) * ret.cpu().numpy()
-                )
-                ret = torch.from_numpy(mixed.astype(np.float32)).to(device)
-                soft = torch.from_numpy(teach.probs[pos].astype(np.float32)).to(device)
-            groups = _group_ids(ds, batch, device) if recipe.cross_sectional else None
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = model(xb)
-            l_ret, l_dir, l_risk = loss_terms(
-                out.float(),
-                ret,
-                cls,
-                risk,
-                fit_stats,
-                recipe.focal_gamma,
-                groups,
-                soft,
-                recipe.distill_direction,
-            )
-            loss = w.returns * l_ret + w.direction * l_dir + w.risk * l_risk
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not model:
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-                        p_ema.lerp_(p, 1.0 - recipe.ema_decay)
-            seen += int(batch.shape[0])
-            running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
-            progress.update(step + 1, loss=running)
-        metrics = validate(ema, ds, val_idx, recipe, stats, device)
-        metrics["epoch"] = float(epoch)
-        metrics["train_loss"] = running
+        metrics = _validate_epoch(run, epoch, _train_epoch(run, epoch))
         history.append(metrics)
-        if hasattr(progress, "metrics"):
-            progress.metrics(metrics)
-        progress.note(
-            f"epoch {epoch}: train loss {running:.4f}, val loss {metrics['val_loss']:.4f}, "
-            f"val acc 15m {metrics['val_acc_h1']:.3f} (majority {metrics['val_majority_h1']:.3f}), "
-            f"val IC 15m {metrics['val_ic_h1']:+.4f}, 1h {metrics['val_ic_h4']:+.4f}"
-        )
-        if metrics["val_loss"] < best_loss - 1e-5:
-            best_loss, best_epoch, bad_epochs = metrics["val_loss"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= recipe.patience:
-                stopped_early = epoch < recipe.epochs
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    temperature = calibrate_temperature(model, ds, val_idx, device)
-    progress.note(f"best epoch {best_epoch} (val loss {best_loss:.4f}); temperature {temperature:.3f}")
+        if stopping.should_stop(epoch, metrics["val_loss"], run.ema):
+            stopped_early = epoch < recipe.epochs
+            break
+    stopping.restore(run.model)
+    temperature = calibrate_temperature(run.model, ds, run.val_idx, device)
+    progress.note(
+        f"best epoch {stopping.best_epoch} (val loss {stopping.best_loss:.4f}); temperature {temperature:.3f}"
+    )
     return FitResult(
-        model=model,
+        model=run.model,
         history=history,
-        best_epoch=best_epoch,
-        stats=stats,
+        best_epoch=stopping.best_epoch,
+        stats=run.stats,
         seconds=time.perf_counter() - began,
-        samples_seen=seen,
+        samples_seen=run.seen,
         stopped_early=stopped_early,
     )
 

@@ -1,20 +1,16 @@
-"""``features`` queue: sync, validate and compute one chunk of symbols' feature windows."""
+"""``features`` queue: sync, validate and compute one chunk of symbols' feature windows
+(``pipeline.stages.features_stage``)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery import Task
 
-from core.logging import get_logger
-from core.timegrid import parse_minute
-from pipeline.steps import WindowRef, feature_step
-from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
+from pipeline.stages import features_stage
+from tasks.common import MINUTE_RETRY
 from worker.app import app
 from worker.runtime import get_runtime
-
-log = get_logger(__name__)
 
 
 @app.task(
@@ -29,41 +25,19 @@ log = get_logger(__name__)
     **MINUTE_RETRY,
 )
 def compute_symbols(
-    self: Task, symbols: list[str], minute: str, run_id: str, model_version: str
+    self: Task[Any, Any], symbols: list[str], minute: str, run_id: str, model_version: str
 ) -> list[dict[str, Any]]:
-    """Returns one small reference per symbol; a failure is a value, never an exception."""
-    rt = get_runtime()
-    began = time.perf_counter()
-    try:
-        scaler = rt.scaler(model_version)
-        refs = feature_step(
-            store=rt.store,
-            source=rt.source,
-            windows=rt.windows,
-            scaler=scaler,
-            settings=rt.settings,
-            symbols=symbols,
-            minute_ms=parse_minute(minute),
-            run_id=run_id,
-            watermarks=rt.watermarks,
-        )
-    except TRANSIENT_ERRORS as exc:
-        if (self.request.retries or 0) < (self.max_retries or 0):
-            log.warning("feature chunk will be retried", minute=minute, error=f"{type(exc).__name__}: {exc}")
-            raise  # Celery's autoretry: the same chunk again after a backoff, before the deadline
-        refs = _failed(symbols, exc)
-    except Exception as exc:  # one chunk's error must not break the minute's chord
-        log.exception("feature chunk failed", minute=minute, symbols=len(symbols))
-        refs = _failed(symbols, exc)
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    out = [r.to_json() for r in refs]
-    elapsed = round(time.perf_counter() - began, 4)
-    for doc in out:
-        doc["chunk_seconds"] = elapsed
-        if redelivered:
-            doc["redelivered"] = True
-    return out
+    """Returns one small reference per symbol; a failure is a value, never an exception.
 
-
-def _failed(symbols: list[str], exc: BaseException) -> list[WindowRef]:
-    return [WindowRef(s, False, reason=f"feature task error: {type(exc).__name__}: {exc}") for s in symbols]
+    A transient error is retried by Celery's autoretry (the same chunk after a backoff, before the
+    deadline) while retries are left; then the chunk's symbols fail alone.
+    """
+    return features_stage(
+        get_runtime(),
+        symbols,
+        minute,
+        run_id,
+        model_version,
+        may_retry=(self.request.retries or 0) < (self.max_retries or 0),
+        redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+    )

@@ -46,7 +46,7 @@ MAX_RETRY_DELAY_S = 60
     # message otherwise inherits the request's options, the minute's deadline among them.)
     retry_kwargs={"expires": None},
 )
-def execute(self: Task, intent: dict[str, Any]) -> dict[str, Any]:
+def execute(self: Task[Any, Any], intent: dict[str, Any]) -> dict[str, Any]:
     message = OrderIntentMessage.model_validate(intent)
     trader = get_runtime().trader()
     try:

@@ -1,12 +1,21 @@
-"""Shared fixtures: isolated settings, a fresh SQLite file and a fresh PostgreSQL schema per test."""
+"""Shared fixtures: isolated settings, a fresh SQLite file and a fresh PostgreSQL schema per test, and
+the tests' own Redis database.
+
+Redis: every test uses ``REDIS_URL`` (``MLSIG_TEST_REDIS_URL``, default db 15 of the local server),
+through the ``redis_url`` / ``redis_client`` fixtures or by importing it. Only that database is ever
+flushed (``flush_test_redis``, the ``clean_redis`` fixture), and never db 0, the application's
+default, nor the database of the developer's own ``MLSIG_REDIS_URL``.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 
 from core.settings import reset_settings_cache
@@ -14,6 +23,52 @@ from data import db
 
 PG_BASE_URL = os.environ.get("MLSIG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MLSIG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Read before _isolated_settings removes it from each test's environment: never flushed.
+_DEVELOPER_REDIS_URL = os.environ.get("MLSIG_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_target(url: str) -> tuple[str, int, int]:
+    """Host, port and database number of a ``redis://`` URL (db 0 when it names none)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    host = parts.hostname or "127.0.0.1"
+    return (
+        "127.0.0.1" if host == "localhost" else host,
+        parts.port or 6379,
+        int(path) if path.isdigit() else 0,
+    )
+
+
+def redis_address(url: str = REDIS_URL) -> tuple[str, int]:
+    """``(host, port)`` of the tests' Redis server, for a test that must open a raw socket to it."""
+    host, port, _db = _redis_target(url)
+    return host, port
+
+
+def flush_test_redis(client: redis.Redis) -> None:
+    """Empty the tests' Redis database through ``client``, which must be connected to ``REDIS_URL``.
+
+    Refuses any other database, db 0 (the application's default) and the developer's own
+    ``MLSIG_REDIS_URL``: a test run must not wipe a developer's data.
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    host = str(kwargs.get("host"))
+    target = (
+        "127.0.0.1" if host == "localhost" else host,
+        int(kwargs.get("port", 6379)),
+        int(kwargs.get("db", 0)),
+    )
+    allowed = _redis_target(REDIS_URL)
+    if target != allowed:
+        raise RuntimeError(
+            f"refusing to flush Redis {target}: the tests' database is {allowed} ({REDIS_URL})"
+        )
+    if allowed[2] == 0 or allowed == _redis_target(_DEVELOPER_REDIS_URL):
+        raise RuntimeError(
+            f"refusing to flush Redis {REDIS_URL}: it is db 0 or the developer's MLSIG_REDIS_URL; "
+            "point MLSIG_TEST_REDIS_URL at a database of the tests' own (not db 0, not MLSIG_REDIS_URL's)"
+        )
+    client.flushdb()
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +118,24 @@ def db_url(request: pytest.FixtureRequest) -> str:
 def migrated_url(db_url: str) -> str:
     db.upgrade(db_url)
     return db_url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The tests' Redis database (``MLSIG_TEST_REDIS_URL``)."""
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A client on the tests' Redis database; nothing flushed (use unique keys, or ``clean_redis``)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clean_redis(redis_client: redis.Redis) -> redis.Redis:
+    """``redis_client`` after emptying the tests' database (only that one: ``flush_test_redis``)."""
+    flush_test_redis(redis_client)
+    return redis_client

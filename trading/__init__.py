@@ -1,1 +1,4 @@
-"""Order intents, sizing, risk limits, paper and live brokers. May import core and data."""
+"""Order intents, sizing, risk limits, the trader and its paper and live execution.
+
+May import core and data; never ml, pipeline, worker, tasks or cli.
+"""

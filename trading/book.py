@@ -15,7 +15,6 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
-from core.timegrid import as_utc
 from data.models import OrderIntent, TradingOrder, TradingPosition
 from trading.risk import AccountSnapshot
 from trading.states import ACTIVE_ORDER, CANCELLED, CLOSING, ENTERED, ENTRY, OPEN
@@ -23,11 +22,6 @@ from trading.states import ACTIVE_ORDER, CANCELLED, CLOSING, ENTERED, ENTRY, OPE
 _ORDERS = cast(Table, TradingOrder.__table__)
 _POSITIONS = cast(Table, TradingPosition.__table__)
 _INTENTS = cast(Table, OrderIntent.__table__)
-
-
-def as_datetime(value: datetime | str) -> datetime:
-    """SQLite hands back naive datetimes, and ``max()`` of one as text; every stored time is UTC."""
-    return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 @dataclass
@@ -119,7 +113,8 @@ class Book:
             .where(O.account == account, O.purpose == ENTRY, O.status.in_(ENTERED), O.symbol.in_(missing))
             .group_by(O.symbol)
         ).all()
-        self.last_entry.update({str(symbol): as_datetime(at) for symbol, at in last})
+        # Aware UTC datetimes (``UtcDateTime``: ``max()`` of the column too, on SQLite as well).
+        self.last_entry.update({str(symbol): at for symbol, at in last})
         self.symbols_known.update(missing)
 
     # -- what the checks read ----------------------------------------------------------------------
@@ -186,7 +181,7 @@ class Book:
                 order,
             )
         )
-        self.last_entry[symbol] = as_datetime(order["signal_minute"])
+        self.last_entry[symbol] = order["signal_minute"]
 
     def set_intent(self, intent_id: int, status: str, why: str | None) -> None:
         self.intents[intent_id] = (status, why)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
-from core.timegrid import MINUTE_MS, as_utc, dt_to_ms
+from core.timegrid import MINUTE_MS, dt_to_ms
 from data.models import OrderIntent, TradingAccount, TradingFill, TradingOrder, TradingPosition
 from trading.paper import BUY, LONG, SHORT, gross_pnl
 from trading.states import CLOSED, CLOSING, ENTRY, EXIT, FILLED, OPEN, PENDING
@@ -24,10 +24,6 @@ ORDERS = cast(Table, TradingOrder.__table__)
 POSITIONS = cast(Table, TradingPosition.__table__)
 FILLS = cast(Table, TradingFill.__table__)
 INTENTS = cast(Table, OrderIntent.__table__)
-
-
-def _maybe_aware(dt: datetime | None) -> datetime | None:
-    return None if dt is None else as_utc(dt)
 
 
 @dataclass(eq=False)
@@ -49,9 +45,7 @@ class Account:
 
     @classmethod
     def from_row(cls, row: Any) -> Account:
-        values = {f.name: getattr(row, f.name) for f in fields(cls)}
-        values["day_start_at"] = as_utc(values["day_start_at"])
-        return cls(**values)
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
@@ -87,11 +81,7 @@ class OrderRow:
 
     @classmethod
     def from_row(cls, row: Any) -> OrderRow:
-        values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name in _ORDER_COLUMNS}
-        values["signal_minute"] = as_utc(values["signal_minute"])
-        values["valid_until"] = _maybe_aware(values["valid_until"])
-        values["filled_at"] = _maybe_aware(values["filled_at"])
-        return cls(**values)
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name in _ORDER_COLUMNS})
 
     def values(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in _ORDER_COLUMNS if name != "id"}
@@ -128,11 +118,7 @@ class PositionRow:
 
     @classmethod
     def from_row(cls, row: Any) -> PositionRow:
-        values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name in _POSITION_COLUMNS}
-        for name in ("signal_minute", "opened_at"):
-            values[name] = as_utc(values[name])
-        values["closed_at"] = _maybe_aware(values["closed_at"])
-        return cls(**values)
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name in _POSITION_COLUMNS})
 
     def values(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in _POSITION_COLUMNS if name != "id"}

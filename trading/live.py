@@ -1,7 +1,8 @@
 """The live broker: orders on a ccxt exchange (Bybit USDT perpetuals by default).
 
 This module only talks to the exchange and classifies what comes back; the executor
-(``trading.executor``) decides, persists and reconciles. ccxt's error classes decide:
+(``trading.executor``) decides and persists, and live execution (``trading.execution.live``) sends
+and reconciles. ccxt's error classes decide:
 
 * ``NetworkError`` and its family (``RequestTimeout``, ``ExchangeNotAvailable`` on HTTP 5xx,
   ``RateLimitExceeded``, ``InvalidNonce``): the request may or may not have taken effect. Raised as
@@ -176,7 +177,7 @@ class LiveBroker:
         try:
             with self._lock:
                 return fn(*args)
-        except Exception as exc:
+        except ccxt.BaseError as exc:  # anything else is not the exchange's answer: it goes up as is
             raise classify(exc, op, places=places) from None
 
     def _read(self, op: str, fn: Any, *args: Any) -> Any:
@@ -189,7 +190,7 @@ class LiveBroker:
 
         try:
             return self._policy.retrying(source=self._exchange.id, op=op)(attempt)
-        except Exception as exc:
+        except ccxt.BaseError as exc:
             raise classify(exc, op, places=False) from None
 
     def _load(self) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from datetime import datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from core.timegrid import as_utc
 from data.models import OrderIntent, TradingAccount, TradingFill, TradingOrder, TradingPosition
-from trading.executor import midnight, utcnow
+from trading.accounts import midnight, utcnow
 from trading.states import ACTIVE_ORDER, CLOSED, CLOSING, OPEN
 
 
@@ -48,7 +47,7 @@ def account_status(engine: Engine, name: str, now: datetime | None = None) -> Ac
         closed = s.execute(
             select(P.realised_pnl, P.closed_at).where(P.account == name, P.status == CLOSED)
         ).all()
-    today_rows = [r.realised_pnl for r in closed if r.closed_at is not None and as_utc(r.closed_at) >= today]
+    today_rows = [r.realised_pnl for r in closed if r.closed_at is not None and r.closed_at >= today]
     return AccountStatus(
         account=acct,
         positions=list(held),

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING
 
-from celery._state import _set_task_join_will_block
 from celery.beat import EmbeddedService
-from celery.contrib.testing.worker import TestWorkController
+from celery.result import allow_join_result
 
+from core.errors import MLSignalsError
 from core.settings import Settings
 from data import db
 from data.sources.factory import make_source
@@ -34,8 +34,16 @@ from worker.app import app
 from worker.queues import Queue
 from worker.runtime import Runtime, install
 
+if TYPE_CHECKING:
+    from celery.beat import _Threaded
+    from celery.worker import WorkController
+
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "cache+memory://"
+EMBEDDED_HOSTNAME = "embedded@localhost"
+# How long the in-process worker may take to start consuming (it needs no network: well under 1 s).
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 10.0
 
 
 def build_embedded(settings: Settings) -> Runtime:
@@ -57,7 +65,7 @@ def build_embedded(settings: Settings) -> Runtime:
 class EmbeddedThreads:
     """The threads an embedded run needs alive; ``problem`` says which one stopped on its own."""
 
-    worker: Any
+    worker: WorkController
     worker_thread: threading.Thread
     beat: threading.Thread | None = None
     stream: StreamThread | None = None
@@ -102,6 +110,48 @@ def configure_app_for_embedded() -> None:
     app.config_from_object(SimpleNamespace(**values), force=True)
 
 
+def start_worker(concurrency: int) -> tuple[WorkController, threading.Thread]:
+    """A Celery worker consuming every queue, on a thread pool, running in a thread of its own.
+
+    Returns once its consumer is ready (``ready_callback``, Celery's hook for the moment the worker
+    starts consuming); raises when the worker stopped before that, or did not get there in time.
+    """
+    ready = threading.Event()
+    settled = threading.Event()  # ready, or the worker's thread ended first
+
+    def on_ready(_consumer: object) -> None:
+        ready.set()
+        settled.set()
+
+    worker = app.WorkController(
+        hostname=EMBEDDED_HOSTNAME,
+        pool="threads",
+        concurrency=concurrency,
+        queues=[q.value for q in Queue],
+        loglevel="WARNING",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        ready_callback=on_ready,
+    )
+
+    def serve() -> None:
+        try:
+            worker.start()
+        finally:
+            settled.set()
+
+    thread = threading.Thread(target=serve, name="embedded-worker", daemon=True)
+    thread.start()
+    settled.wait(WORKER_START_TIMEOUT_S)
+    if not ready.is_set():
+        worker.stop()
+        thread.join(WORKER_STOP_TIMEOUT_S)
+        state = "stopped while starting" if settled.is_set() else "did not start in time"
+        raise MLSignalsError(f"the embedded Celery worker {state} (see the log above)")
+    return worker, thread
+
+
 @contextmanager
 def embedded_runtime(
     settings: Settings, *, beat: bool = True, concurrency: int = 4, stream: bool = False
@@ -110,6 +160,11 @@ def embedded_runtime(
 
     ``stream`` also runs the candle stream service (the simulator's minute feed, or the exchange's
     WebSocket), so that feature tasks wait on its watermark as in a distributed deployment.
+
+    The calling thread may wait on task results (``AsyncResult.get``) inside the block: the worker's
+    pool marks the whole process as running tasks (Celery keeps that mark per process, not per
+    thread), so the block runs under ``allow_join_result``; the process's previous state is put
+    back when the block ends.
     """
     configure_app_for_embedded()
     # Celery narrates every task received and its result at INFO: in one process beside the live
@@ -117,48 +172,50 @@ def embedded_runtime(
     celery_logger = logging.getLogger("celery")
     previous_level = celery_logger.level
     celery_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-    db.upgrade(settings.database_url)
-    runtime = build_embedded(settings)
-    install(runtime)
-    worker: Any = TestWorkController(
-        app=app,
-        concurrency=concurrency,
-        pool="threads",
-        hostname="embedded@localhost",
-        queues=[q.value for q in Queue],
-        loglevel="WARNING",
-        without_heartbeat=True,
-        without_mingle=True,
-        without_gossip=True,
-        ready_callback=None,
-    )
-    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
-    thread.start()
-    worker.ensure_started()
-    # The worker marks this process as "inside a task"; the runner's own thread waits on results.
-    _set_task_join_will_block(False)
-    streaming: StreamThread | None = None
-    if stream:
-        assert runtime.watermarks is not None
-        service = make_stream_service(
-            settings, runtime.store, runtime.source, runtime.watermarks, runtime.symbols()
-        )
-        streaming = StreamThread(service).start()
-    clock: Any = None
-    if beat:
-        clock = EmbeddedService(app, thread=True, max_interval=1.0)
-        clock.start()
-    threads = EmbeddedThreads(worker, thread, clock, streaming)
-    runtime.health = threads.problem
     try:
+        db.upgrade(settings.database_url)
+        runtime = build_embedded(settings)
+        install(runtime)
+        with allow_join_result():  # outer: restores the process's state when the run ends
+            worker, thread = start_worker(concurrency)
+            with allow_join_result():  # inner: lifts the mark the worker's pool set, for the block
+                yield from _run(runtime, settings, worker, thread, beat=beat, stream=stream)
+    finally:
+        install(None)
+        celery_logger.setLevel(previous_level)
+
+
+def _run(
+    runtime: Runtime,
+    settings: Settings,
+    worker: WorkController,
+    thread: threading.Thread,
+    *,
+    beat: bool,
+    stream: bool,
+) -> Iterator[Runtime]:
+    """Beat and the stream beside the started worker; every part stopped however the block ends."""
+    threads = EmbeddedThreads(worker, thread)
+    clock: _Threaded | None = None
+    try:
+        if stream:
+            assert runtime.watermarks is not None
+            service = make_stream_service(
+                settings, runtime.store, runtime.source, runtime.watermarks, runtime.symbols()
+            )
+            threads.stream = StreamThread(service).start()
+        if beat:
+            service_thread = EmbeddedService(app, thread=True, max_interval=1)
+            assert isinstance(service_thread, threading.Thread)  # thread=True: beat in a thread
+            clock = threads.beat = service_thread
+            clock.start()
+        runtime.health = threads.problem
         yield runtime
     finally:
         threads.stopping = True
         if clock is not None:
             clock.stop()
-        if streaming is not None:
-            streaming.stop()
+        if threads.stream is not None:
+            threads.stream.stop()
         worker.stop()
-        thread.join(timeout=10)
-        install(None)
-        celery_logger.setLevel(previous_level)
+        thread.join(timeout=WORKER_STOP_TIMEOUT_S)

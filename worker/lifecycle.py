@@ -39,7 +39,7 @@ def _preload_model(sender: Any = None, **_kwargs: Any) -> None:
     try:
         description = get_runtime().model_server().warm_up()
         log.info("model loaded", model=description)
-    except Exception as exc:  # a worker without a model still starts; tasks report the reason
+    except Exception as exc:  # noqa: BLE001  (a worker without a model still starts; tasks report why)
         log.error("model not loaded at start", error=f"{type(exc).__name__}: {exc}")
 
 
@@ -49,5 +49,5 @@ def _reconcile_live() -> None:
     try:
         report = get_runtime().trader().reconcile()
         log.info("live account reconciled at start", **report)
-    except Exception as exc:  # the worker still starts; the first intent reconciles again
+    except Exception as exc:  # noqa: BLE001  (the worker still starts; the first intent reconciles again)
         log.error("live reconciliation at start failed", error=f"{type(exc).__name__}: {exc}")

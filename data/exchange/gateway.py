@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import inspect
 import os
 import threading
@@ -292,7 +293,10 @@ class ExchangeGateway:
             return
         try:
             asyncio.run_coroutine_threadsafe(self._aclose(), loop).result(timeout=_CLOSE_TIMEOUT_S)
-        except Exception as exc:  # closing must not fail the caller's shutdown
+        except (TimeoutError, concurrent.futures.CancelledError, RuntimeError) as exc:
+            # Closing must not fail the caller's shutdown: ``_aclose`` collects the clients' own
+            # errors, so what is left is a close that outlived its timeout, was cancelled, or found
+            # the loop already stopped (RuntimeError).
             self._log.warning("exchange_gateway_close_failed", error=repr(exc))
         finally:
             loop.call_soon_threadsafe(loop.stop)

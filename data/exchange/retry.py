@@ -162,7 +162,7 @@ def call_with_retry(
 
     try:
         return policy.retrying(sleep=sleep, source=source, op=op, symbol=symbol)(attempt)
-    except Exception as exc:
+    except ccxt.BaseError as exc:  # only ccxt's errors are translated; anything else propagates as is
         _raise_as_source_error(exc, policy, attempts, source=source, op=op, symbol=symbol)
 
 
@@ -186,5 +186,5 @@ async def acall_with_retry(
     try:
         result: T = await policy.async_retrying(sleep=sleep, source=source, op=op, symbol=symbol)(attempt)
         return result
-    except Exception as exc:
+    except ccxt.BaseError as exc:  # as in call_with_retry
         _raise_as_source_error(exc, policy, attempts, source=source, op=op, symbol=symbol)

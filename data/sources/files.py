@@ -155,7 +155,8 @@ def _parse_time(values: pd.Series, path: Path, column: str) -> np.ndarray:
 
 def _datetimes_to_ms(values: pd.Series) -> np.ndarray:
     utc = values.dt.tz_convert("UTC").dt.tz_localize(None)
-    return utc.to_numpy().astype("datetime64[ms]").astype(np.int64)
+    ms: np.ndarray = utc.to_numpy().astype("datetime64[ms]").astype(np.int64)
+    return ms
 
 
 def _checked_ms(ms: np.ndarray, values: pd.Series, path: Path, column: str) -> np.ndarray:

@@ -31,15 +31,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from core.errors import UnknownSymbolError
 from core.settings import SimulatorSettings
 from core.timegrid import MINUTE_MS
 from data.candles import empty_candles
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -175,10 +178,12 @@ def _session_profile() -> FloatArray:
     def bump(centre: float, width: float) -> FloatArray:
         dist = np.abs(hour - centre)
         dist = np.minimum(dist, 24.0 - dist)
-        return np.exp(-0.5 * (dist / width) ** 2)
+        activity: FloatArray = np.exp(-0.5 * (dist / width) ** 2)
+        return activity
 
     profile = 0.55 + 0.35 * bump(2.0, 2.0) + 0.45 * bump(8.5, 1.8) + 0.9 * bump(14.5, 2.2)
-    return profile / profile.mean()
+    relative: FloatArray = profile / profile.mean()
+    return relative
 
 
 _VOLUME_SEASON = _session_profile()
@@ -285,6 +290,8 @@ class SimulatedMarket:
         return list(self._names)
 
     def fetch(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        import pandas as pd
+
         i = self._symbol_index(symbol)
         first = -(-int(start_ms) // MINUTE_MS) * MINUTE_MS
         end = int(end_ms)
@@ -442,7 +449,7 @@ class SimulatedMarket:
         weight = np.concatenate([[0.0], np.cumsum(var)])
         weight /= weight[-1]
         start, end = (float(v) for v in self._checkpoints(tag_checkpoint, i, np.array([b, b + 1])))
-        level = start + walk - weight * (walk[-1] - (end - start))
+        level: FloatArray = start + walk - weight * (walk[-1] - (end - start))
         level[0], level[-1] = start, end
         return level
 

@@ -174,8 +174,8 @@ class _Run:
             return
         try:
             self.sink(updates)
-        except Exception as exc:
-            # Raised inside ccxt's receive callback it would stop the receive loop without a word;
+        except Exception as exc:  # noqa: BLE001 - the caller's sink may raise anything; not swallowed:
+            # raised inside ccxt's receive callback it would stop the receive loop without a word;
             # ending the run hands it to the caller instead.
             self.fail(exc)
 
@@ -198,7 +198,7 @@ def _parse_kline(symbol: str, entry: Mapping[str, Any], received_ms: int) -> Kli
     )
 
 
-class _BybitPro(ccxt.pro.bybit):
+class _BybitPro(ccxt.pro.bybit):  # type: ignore[misc]  # ccxt ships no type information
     """ccxt pro's bybit, reporting every message, kline and connection end to the current run."""
 
     kline_run: _Run | None = None
@@ -409,7 +409,8 @@ class BybitKlineFeed:
                         continue
                     self._refused(state, chunk, exc, spawn)
                     return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a watcher task's boundary: whatever ends it ends the
+            # run with that error (raised to the caller), instead of dying unseen in a background task.
             state.fail(exc)
         finally:
             state.watchers -= 1

@@ -125,6 +125,8 @@ class MemoryWatermarks:
         self._alive_until: dict[str, float] = {}
         self._changed = threading.Condition()
         self.minutes: list[tuple[str, int, int]] = []
+        # The symbols that were behind at each announced minute, by (exchange, open_ms).
+        self.lagging: dict[tuple[str, int], tuple[str, ...]] = {}
 
     def advance(self, exchange: str, marks: Mapping[str, int]) -> dict[str, int]:
         with self._changed:
@@ -164,6 +166,7 @@ class MemoryWatermarks:
     def announce_minute(self, exchange: str, open_ms: int, symbols: int, lagging: Sequence[str]) -> None:
         with self._changed:
             self.minutes.append((exchange, open_ms, symbols))
+            self.lagging[(exchange, open_ms)] = tuple(lagging)
 
 
 def _text(value: bytes | str) -> str:

@@ -261,7 +261,8 @@ class SparseTable:
         lev = self._level(j)
         if k == w:
             return lev[:, start:]
-        return self.op(lev[:, start:], shift(lev, w - k, start))
+        combined: Array = self.op(lev[:, start:], shift(lev, w - k, start))
+        return combined
 
 
 def windows(x: Array, w: int, start: int = 0) -> npt.NDArray[np.float64]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -138,11 +138,8 @@ class _Builder:
         self.features.append(FeatureDef(name, self.group, kind, MappingProxyType(dict(params)), warmup))
 
 
-def _build() -> tuple[FeatureDef, ...]:
-    b = _Builder()
-
-    # -- price and volume basics -------------------------------------------------------------------
-    b.group = "price"
+def _price(b: _Builder) -> None:
+    """Price: returns over many horizons, the bar's shape, range and VWAP distances."""
     for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 192):
         b.add(f"ret_{k}", "ret", k, k=k)
     b.add("body_frac", "body_frac", 0)
@@ -155,8 +152,9 @@ def _build() -> tuple[FeatureDef, ...]:
     for w in (4, 14, 48, 96, 192):
         b.add(f"vwap_dist_{w}", "vwap_dist", w - 1, w=w)
 
-    # -- trend -----------------------------------------------------------------------------------------
-    b.group = "trend"
+
+def _trend_averages(b: _Builder) -> None:
+    """Trend: distances to and crosses of moving averages, their slopes, MACD."""
     for n in (5, 10, 20, 50, 100, 200):
         b.add(f"sma_dist_{n}", "sma_dist", n - 1, n=n)
     for span in (5, 9, 12, 20, 26, 50):
@@ -187,6 +185,10 @@ def _build() -> tuple[FeatureDef, ...]:
         b.add(f"macd_{fast}_{slow}_{sig}", "macd", line.taps - 1, **p)
         b.add(f"macd_signal_{fast}_{slow}_{sig}", "macd_signal", signal.taps - 1, **p)
         b.add(f"macd_hist_{fast}_{slow}_{sig}", "macd_hist", signal.taps - 1, **p)
+
+
+def _trend_direction(b: _Builder) -> None:
+    """Trend: directional movement (ADX), parabolic SAR, Ichimoku, Aroon, Vortex."""
     # Nested Wilder smoothing: the two stages share the 200-bar budget.
     b.add("adx_14", "adx", 100 + 100 - 1, n=14, taps_di=100, taps_adx=100)
     b.add("adx_pos_14", "adx_pos", 100, n=14, taps_di=100)
@@ -211,6 +213,10 @@ def _build() -> tuple[FeatureDef, ...]:
     b.add("vortex_pos_14", "vortex_pos", 14, w=14)
     b.add("vortex_neg_14", "vortex_neg", 14, w=14)
     b.add("vortex_diff_14", "vortex_diff", 14, w=14)
+
+
+def _trend_oscillators(b: _Builder) -> None:
+    """Trend: regression slope and fit, TRIX, mass index, KST, DPO."""
     for w in (16, 48, 96):
         b.add(f"lr_slope_{w}", "lr_slope", w - 1, w=w)
     for w in (16, 48, 96):
@@ -228,8 +234,9 @@ def _build() -> tuple[FeatureDef, ...]:
     b.add("kst_diff", "kst_diff", 44 + 8, **kst)
     b.add("dpo_20", "dpo", 19, w=20)
 
-    # -- momentum ------------------------------------------------------------------------------------
-    b.group = "momentum"
+
+def _momentum(b: _Builder) -> None:
+    """Momentum: RSI, stochastics, Williams %R, ROC, CCI, Ultimate, MFI, AO, TSI, CMO, z-scored momentum."""
     for n in (6, 14, 28):
         taps = wilder_taps(n)
         b.add(f"rsi_{n}", "rsi", taps, n=n, taps=taps)
@@ -258,8 +265,9 @@ def _build() -> tuple[FeatureDef, ...]:
         b.add(f"mom_z_{k}", "mom_z", max(k, 96), k=k, vol_w=96)
     b.add("cmo_14", "cmo", 14, w=14)
 
-    # -- volatility ----------------------------------------------------------------------------------
-    b.group = "volatility"
+
+def _volatility(b: _Builder) -> None:
+    """Volatility: normalised ATR, Bollinger, Keltner, Donchian, Ulcer."""
     for n in (7, 14, 28):
         taps = wilder_taps(n)
         b.add(f"natr_{n}", "natr", taps, n=n, taps=taps)
@@ -275,8 +283,10 @@ def _build() -> tuple[FeatureDef, ...]:
     for w in (14, 48):
         b.add(f"ulcer_{w}", "ulcer", 2 * w - 2, w=w)
 
-    # -- volume ----------------------------------------------------------------------------------------
-    b.group = "volume"
+
+def _volume(b: _Builder) -> None:
+    """Volume: relative volume, OBV, CMF, Chaikin, force index, PVO, VPT, flow imbalance, volume and
+    return correlation."""
     for fast, slow in ((1, 96), (4, 96), (16, 96), (48, 96), (96, 192)):
         b.add(f"vol_ratio_{fast}_{slow}", "vol_ratio", slow - 1, fast=fast, slow=slow)
     b.add("vol_z_96", "vol_z", 95, w=96)
@@ -308,8 +318,10 @@ def _build() -> tuple[FeatureDef, ...]:
     for w in (48, 96):
         b.add(f"vol_absret_corr_{w}", "vol_absret_corr", w, w=w)
 
-    # -- microstructure proxies --------------------------------------------------------------------
-    b.group = "micro"
+
+def _micro(b: _Builder) -> None:
+    """Microstructure proxies: illiquidity, spreads, price impact, efficiency, variance ratios,
+    autocorrelation, up-bar share, wicks."""
     for w in (16, 96):
         b.add(f"amihud_{w}", "amihud", max(w, 95), w=w, vol_w=96)
     for w in (32, 96):
@@ -330,8 +342,9 @@ def _build() -> tuple[FeatureDef, ...]:
         b.add(f"wick_ratio_{w}", "wick_ratio", w - 1, w=w)
     b.add("clv_mean_16", "clv_mean", 15, w=16)
 
-    # -- realised-volatility regimes ---------------------------------------------------------------
-    b.group = "regime"
+
+def _regime(b: _Builder) -> None:
+    """Realised-volatility regimes: estimators, ratios, percentiles, higher moments, jumps."""
     for w in (4, 8, 16, 32, 48, 96, 192):
         b.add(f"rv_{w}", "rv", w, w=w)
     for name in ("parkinson", "garman_klass", "rogers_satchell"):
@@ -354,8 +367,9 @@ def _build() -> tuple[FeatureDef, ...]:
     tf, ts = wilder_taps(7), wilder_taps(28)
     b.add("atr_ratio_7_28", "atr_ratio", max(tf, ts), fast=7, slow=28, taps_fast=tf, taps_slow=ts)
 
-    # -- rally and drawdown ------------------------------------------------------------------------------
-    b.group = "rally"
+
+def _rally(b: _Builder) -> None:
+    """Rally and drawdown: distance from highs and lows, their extremes, time since, z-scores."""
     for w in (16, 48, 96, 192):
         b.add(f"dd_{w}", "dd", w - 1, w=w)
         b.add(f"ru_{w}", "ru", w - 1, w=w)
@@ -369,8 +383,9 @@ def _build() -> tuple[FeatureDef, ...]:
         b.add(f"dd_z_{w}", "dd_z", max(w - 1, 96), w=w, vol_w=96)
         b.add(f"ru_z_{w}", "ru_z", max(w - 1, 96), w=w, vol_w=96)
 
-    # -- time of day and day of week (of the bar's end) -----------------------------------------------
-    b.group = "time"
+
+def _time(b: _Builder) -> None:
+    """Time of day and day of week of the bar's end, as bounded cyclic encodings."""
     for harmonic in (1, 2):
         suffix = "" if harmonic == 1 else str(harmonic)
         b.add(f"tod{suffix}_sin", "time", 0, period="day", harmonic=harmonic, fn="sin")
@@ -378,6 +393,28 @@ def _build() -> tuple[FeatureDef, ...]:
     b.add("dow_sin", "time", 0, period="week", harmonic=1, fn="sin")
     b.add("dow_cos", "time", 0, period="week", harmonic=1, fn="cos")
 
+
+# Every group in spec order, with the steps that add its features in order.
+_STEPS: tuple[tuple[str, Callable[[_Builder], None]], ...] = (
+    ("price", _price),
+    ("trend", _trend_averages),
+    ("trend", _trend_direction),
+    ("trend", _trend_oscillators),
+    ("momentum", _momentum),
+    ("volatility", _volatility),
+    ("volume", _volume),
+    ("micro", _micro),
+    ("regime", _regime),
+    ("rally", _rally),
+    ("time", _time),
+)
+
+
+def _build() -> tuple[FeatureDef, ...]:
+    b = _Builder()
+    for group, add_features in _STEPS:
+        b.group = group
+        add_features(b)
     return tuple(b.features)
 
 

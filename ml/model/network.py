@@ -62,6 +62,8 @@ def _head(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 
 class UnifiedPatchTST(nn.Module):
+    positions: torch.Tensor  # a buffer (register_buffer below), typed for attribute access
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -99,6 +101,8 @@ class UnifiedPatchTST(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` -> pooled representation ``[B, d_model]``."""
+        z: torch.Tensor
+        stats: torch.Tensor
         z, stats = self.revin(x)
         z = self.patch(z.transpose(1, 2)).transpose(1, 2)  # [B, patches, d_model]
         z = z + self.positions

@@ -10,7 +10,7 @@ import pytest
 from tests.chaos.harness import SUMMARIES
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("MLSIG_CHAOS_FULL") == "1":
         return
     skip = pytest.mark.skip(reason="the full chaos suite runs with `make chaos` (MLSIG_CHAOS_FULL=1)")

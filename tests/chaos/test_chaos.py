@@ -256,7 +256,8 @@ class Campaign:
         try:
             d.start()
             self._timeline(d)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the campaign thread's boundary: the traceback is
+            # reported by the test in the main thread (and the deployment still stopped)
             self.error = traceback.format_exc()
         finally:
             try:
@@ -290,7 +291,8 @@ class Campaign:
             assert scenario.act is not None
             try:
                 outcome = scenario.act(d, at)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed act is a finding of its scenario,
+                # and the campaign goes on to the next one
                 outcome = Outcome("the act failed", [f"{type(exc).__name__}: {exc}"])
             d.log(f"{scenario.name}: {outcome.note}")
             sleep_until(at + scenario.minutes * 60 + 20)

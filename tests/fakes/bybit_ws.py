@@ -344,7 +344,7 @@ class FakeBybitWsServer:
                 self._answer(conn, raw)
         except ConnectionClosed:
             pass
-        except Exception:  # a bug in the fake must fail the test, not hang it
+        except Exception:  # noqa: BLE001 - a bug in the fake must fail the test, not hang it
             with self._lock:
                 self._errors.append(traceback.format_exc())
         finally:

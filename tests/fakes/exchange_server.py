@@ -106,6 +106,7 @@ class Reply:
     body: dict[str, Any] | str
 
 
+# Every route handler takes the request; those that do not read it name it ``_request``.
 Handler = Callable[[Request], Reply]
 
 
@@ -570,7 +571,7 @@ class FakeExchangeServer:
         rows = [self._row(symbol, ts) for ts in reversed(times)]
         return Reply(200, _envelope({"category": "linear", "symbol": symbol, "list": rows}))
 
-    def _time(self, request: Request) -> Reply:
+    def _time(self, _request: Request) -> Reply:
         now = self.clock()
         return Reply(200, _envelope({"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)}))
 
@@ -703,7 +704,7 @@ class FakeExchangeServer:
             )
         return Reply(200, _envelope({"category": "linear", "list": rows, "nextPageCursor": ""}))
 
-    def _wallet_balance(self, request: Request) -> Reply:
+    def _wallet_balance(self, _request: Request) -> Reply:
         with self._lock:
             acct = self._state.account
             wallet = acct.wallet
@@ -733,13 +734,13 @@ class FakeExchangeServer:
         }
         return Reply(200, _envelope({"list": [row]}))
 
-    def _query_api(self, request: Request) -> Reply:
+    def _query_api(self, _request: Request) -> Reply:
         return Reply(200, _envelope({"id": "1", "readOnly": 0, "unified": 0, "uta": 1, "isMaster": True}))
 
-    def _account_info(self, request: Request) -> Reply:
+    def _account_info(self, _request: Request) -> Reply:
         return Reply(200, _envelope({"marginMode": "REGULAR_MARGIN", "unifiedMarginStatus": 6}))
 
-    def _coin_info(self, request: Request) -> Reply:
+    def _coin_info(self, _request: Request) -> Reply:
         row = {"name": QUOTE, "coin": QUOTE, "remainAmount": "1000000", "chains": []}
         return Reply(200, _envelope({"rows": [row]}))
 
@@ -798,7 +799,7 @@ class FakeExchangeServer:
             return Reply(404, "Not Found")
         try:
             return handler(request)
-        except Exception as exc:  # a bug in the fake must fail the test, not hang it
+        except Exception as exc:  # noqa: BLE001 - a bug in the fake must fail the test, not hang it
             with self._lock:
                 self._state.errors.append(traceback.format_exc())
             return Reply(500, f"fake exchange bug: {exc!r}")

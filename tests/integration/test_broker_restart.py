@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
+from celery.exceptions import BackendError
 
 from tests.support.brokers import PrivateRabbit, PrivateRedis, free_port, free_rabbit_port
 from tests.support.workers import ROOT, WorkerFleet, WorkerProcess
@@ -140,7 +142,7 @@ def result_within(client: Celery, task_id: str, seconds: float, worker: WorkerPr
             result = client.AsyncResult(task_id)
             if result.ready():  # read from the backend, no pub/sub subscription that could outlive it
                 return result.result
-        except Exception:  # the backend is coming back: try again until the deadline
+        except (redis.RedisError, BackendError, OSError):  # the backend is coming back: try again
             pass
         if worker.process.poll() is not None:
             return None

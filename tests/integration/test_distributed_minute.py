@@ -19,9 +19,9 @@ import pytest
 import redis
 import torch
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
-from core.settings import Settings
+from core.settings import Settings, redis_db_url
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
@@ -34,25 +34,32 @@ from ml.model.config import ModelConfig
 from ml.model.network import build_model
 from ml.registry import Registry
 from ml.scaling import RobustScaler
+from pipeline.clock import minute_dt
 from pipeline.ledger import RunLedger
 from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from pipeline.signal_store import SignalStore
-from tasks.common import minute_dt
+from tests.conftest import REDIS_URL
 from tests.support.workers import WorkerFleet, running_fleet
 from worker.queues import Queue, task_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_SYMBOLS = 50
-REDIS_HOST = "redis://127.0.0.1:6379"
+# This module's own databases on the test Redis (MLSIG_TEST_REDIS_URL), flushed before each test:
+# never the developer's db 0, nor a number another test uses.
 BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
+
+
+def redis_url(db: int) -> str:
+    assert db != 0, "db 0 is the developer's"
+    return redis_db_url(REDIS_URL, db)
 
 
 @dataclass
 class Deployment:
     env: dict[str, str]
     client: Celery
-    engine: object
+    engine: Engine
     channel: str
     heartbeat: str
     tmp: Path
@@ -76,13 +83,13 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     """Redis unless a test asks for ``rabbitmq`` (indirect parametrisation)."""
     if getattr(request, "param", "redis") == "rabbitmq":
         return str(request.getfixturevalue("rabbit_vhost"))
-    return f"{REDIS_HOST}/{BROKER_DB}"
+    return redis_url(BROKER_DB)
 
 
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deployment]:
     for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(f"{REDIS_HOST}/{number}").flushdb()
+        redis.Redis.from_url(redis_url(number)).flushdb()
     channel = f"signals-{uuid.uuid4().hex[:8]}"
     registry = Registry(tmp_path / "models")
     torch.manual_seed(0)
@@ -91,9 +98,9 @@ def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deploym
     registry.register(build_model(ModelConfig()), identity, {"note": "untrained test model"}, {})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": f"{REDIS_HOST}/{APP_DB}",
+        "MLSIG_REDIS_URL": redis_url(APP_DB),
         "MLSIG_CELERY__BROKER_URL": broker_url,
-        "MLSIG_CELERY__RESULT_BACKEND": f"{REDIS_HOST}/{BACKEND_DB}",
+        "MLSIG_CELERY__RESULT_BACKEND": redis_url(BACKEND_DB),
         "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
         "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
         "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
@@ -170,11 +177,12 @@ def run_minute(d: Deployment, minute: str) -> dict[str, object]:
 
 
 def counts(d: Deployment) -> tuple[int, int, int]:
-    with d.engine.connect() as conn:  # type: ignore[attr-defined]
-        return tuple(  # type: ignore[return-value]
-            conn.execute(select(func.count()).select_from(model)).scalar_one()
+    with d.engine.connect() as conn:
+        signals, predictions, intents = (
+            int(conn.execute(select(func.count()).select_from(model)).scalar_one())
             for model in (SignalRecord, MlPrediction, OrderIntent)
         )
+    return signals, predictions, intents
 
 
 @pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
@@ -194,8 +202,8 @@ def test_one_minute_for_50_symbols_and_a_rerun_adds_nothing(deployment: Deployme
 
         signals = [m for m in subscriber.messages if isinstance(m, SignalMessage)]
         beat = subscriber.messages[-1]
-        rows = SignalStore(d.engine).for_minute(minute_dt(minute))  # type: ignore[arg-type]
-        run = RunLedger(d.engine).get(minute_dt(minute))  # type: ignore[arg-type]
+        rows = SignalStore(d.engine).for_minute(minute_dt(minute))
+        run = RunLedger(d.engine).get(minute_dt(minute))
         assert run is not None
         assert run.status == "done", (run.failures, fleet.logs())
         assert len(rows) == N_SYMBOLS
@@ -216,7 +224,7 @@ def test_features_worker_killed_mid_minute(deployment: Deployment) -> None:
     d = deployment
     minute = iso_minute(floor_minute(now_ms()) - 9 * MINUTE_MS)
     broker = redis.Redis.from_url(d.env["MLSIG_CELERY__BROKER_URL"])
-    others = [q for q in Queue if q is not Queue.FEATURES]
+    others: list[Queue] = [q for q in Queue if q is not Queue.FEATURES]
     with running_fleet(d.env, d.tmp, others) as fleet:
         wait_for_workers(d.client, fleet, len(others))
         outcome = run_minute(d, minute)
@@ -237,7 +245,7 @@ def test_features_worker_killed_mid_minute(deployment: Deployment) -> None:
         for task_id in published["order_tasks"]:
             d.client.AsyncResult(task_id).get(timeout=30)
 
-    run = RunLedger(d.engine).get(minute_dt(minute))  # type: ignore[arg-type]
+    run = RunLedger(d.engine).get(minute_dt(minute))
     assert run is not None
     assert run.status == "done", run.failures
     assert run.signals_made == N_SYMBOLS
@@ -260,7 +268,7 @@ def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_super
         "MLSIG_PIPELINE__MINUTE_DEADLINE_SECONDS": "170",
     }
     broker = redis.Redis.from_url(d.env["MLSIG_CELERY__BROKER_URL"])
-    others = [q for q in Queue if q is not Queue.INFERENCE]
+    others: list[Queue] = [q for q in Queue if q is not Queue.INFERENCE]
     with running_fleet(d.env, d.tmp, others) as fleet:
         wait_for_workers(d.client, fleet, len(others))
         subscriber = Subscriber(d)
@@ -273,7 +281,7 @@ def test_inference_worker_killed_after_receiving_the_batch_is_saved_by_the_super
         wait_until(lambda: broker.llen(Queue.INFERENCE.value) == 0, fleet, "the victim took nothing")
         victim.kill()
         fleet.start(Queue.INFERENCE)
-        ledger = RunLedger(d.engine)  # type: ignore[arg-type]
+        ledger = RunLedger(d.engine)
 
         def finished() -> bool:
             # What beat does every few seconds.

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -21,27 +22,52 @@ from data.candles import candles_from_rows
 from data.models import TradingOrder, TradingPosition
 from data.store import CandleStore
 from data.validation import ValidatedBatch
+from tests.conftest import REDIS_URL
 from tests.support.workers import running_fleet
 from trading.intents import OrderIntentMessage, client_order_id
 from worker.queues import Queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS = "redis://127.0.0.1:6379/10"  # broker, results and app: no other test uses db 10
+# The worker's broker, results and app state: the configured test Redis server
+# (MLSIG_TEST_REDIS_URL), in a database of this test's own, emptied before and after it.
+ORDERS_DB = 10
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")
 
 
+def with_db(url: str, number: int) -> str:
+    """``url`` (host, port, credentials) with database ``number``."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{number}"))
+
+
+def db_number(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
 @pytest.fixture
-def client() -> Iterator[Celery]:
-    redis.Redis.from_url(REDIS).flushdb()
-    app = Celery("orders-test", broker=REDIS, backend=REDIS, set_as_current=False)
+def orders_redis_url() -> Iterator[str]:
+    url = with_db(REDIS_URL, ORDERS_DB)
+    if db_number(url) in (0, db_number(REDIS_URL)):
+        pytest.fail(f"refusing to flush {url}: db 0, or the database the other tests share ({REDIS_URL})")
+    client = redis.Redis.from_url(url)
+    assert client.connection_pool.connection_kwargs.get("db") == ORDERS_DB
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def client(orders_redis_url: str) -> Iterator[Celery]:
+    app = Celery("orders-test", broker=orders_redis_url, backend=orders_redis_url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     yield app
     app.close()
 
 
 def test_intents_through_the_queue_become_paper_orders_once(
-    pg_url: str, client: Celery, tmp_path: Path
+    pg_url: str, orders_redis_url: str, client: Celery, tmp_path: Path
 ) -> None:
     db.upgrade(pg_url)
     store = CandleStore(db.get_engine(pg_url))
@@ -53,9 +79,9 @@ def test_intents_through_the_queue_become_paper_orders_once(
         store.write("simulator", [ValidatedBatch(symbol, frame, 0)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": REDIS,
-        "MLSIG_CELERY__BROKER_URL": REDIS,
-        "MLSIG_CELERY__RESULT_BACKEND": REDIS,
+        "MLSIG_REDIS_URL": orders_redis_url,
+        "MLSIG_CELERY__BROKER_URL": orders_redis_url,
+        "MLSIG_CELERY__RESULT_BACKEND": orders_redis_url,
         "MLSIG_TRADING__SLIPPAGE_BPS": "10",
         "MLSIG_LOG_LEVEL": "WARNING",
     }

@@ -4,10 +4,13 @@ backfills the live window itself."""
 
 from __future__ import annotations
 
+import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -17,7 +20,10 @@ from data import db
 from data.models import PipelineRun, SignalRecord
 from data.sources.factory import make_source, resolve_symbols
 from pipeline.ledger import RunLedger
-from tests.unit.test_model_common import make_registry
+from tests.support.model_fixtures import make_registry
+from worker.app import app as celery_app
+from worker.embedded import EmbeddedThreads, embedded_runtime
+from worker.queues import Queue
 
 N_SYMBOLS = 4
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -80,3 +86,26 @@ def test_live_run_reports_the_minutes_it_was_down_and_runs_the_next(workspace: S
     # Every minute in between has its row: missed ones, and none left out.
     assert set(statuses[1:-1]) == {"missed"}
     assert len(statuses) >= 6
+
+
+def test_embedded_runtime_serves_every_queue_reports_a_dead_worker_and_stops(tmp_path: Path) -> None:
+    """Celery's own WorkController in a thread: ready before the block, consuming every queue; the
+    runner may wait on results inside the block; a worker that stops on its own is reported; at
+    the end no worker thread is left, and the process's "may wait on results" state is as before."""
+    settings = Settings(data_dir=tmp_path, data={"universe_size": 2})
+    with embedded_runtime(settings, beat=True) as rt:
+        assert rt.health is not None
+        assert rt.health() is None
+        for queue in Queue:  # a built-in task sent to each queue comes back: every queue is consumed
+            sig = celery_app.signature("celery.accumulate", args=(queue.value,), queue=queue.value)
+            assert sig.apply_async().get(timeout=10) == [queue.value]
+        assert isinstance(rt.health, types.MethodType)
+        threads = rt.health.__self__
+        assert isinstance(threads, EmbeddedThreads)
+        threads.worker.stop()
+        threads.worker_thread.join(10)
+        assert rt.health() == "the embedded Celery worker stopped"
+    assert not [t for t in threading.enumerate() if t.name == "embedded-worker" and t.is_alive()]
+    # Waiting on a result is allowed as before the run (a timeout, not "never call get() in a task").
+    with pytest.raises(CeleryTimeoutError):
+        celery_app.AsyncResult("no-such-task").get(timeout=0.2)

@@ -267,5 +267,5 @@ def test_an_exchange_wide_outage_is_filled_recorded_once_and_signals_return_8_mi
     wide, own = group_outages(gaps, len(ids), rig.settings.data.outage_min_share)
     assert (wide, own) == ([Outage(outage, back, sorted(rig.symbols))], [])
     rig.assert_exactly_once(
-        rig.history_start_ms, last, filled=lambda symbol, open_ms: outage <= open_ms < back
+        rig.history_start_ms, last, filled=lambda _symbol, open_ms: outage <= open_ms < back
     )

@@ -68,4 +68,4 @@ def write_minutes(client: redis.Redis, stream: str, minutes: int, first_sequence
 
 
 def pending(client: redis.Redis, stream: str, group: str) -> int:
-    return int(client.xpending(stream, group)["pending"])  # type: ignore[index]
+    return int(client.xpending(stream, group)["pending"])

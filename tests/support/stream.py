@@ -238,12 +238,12 @@ class StreamRig:
         start_ms: int,
         end_ms: int,
         *,
-        filled: Callable[[str, int], bool] = lambda symbol, open_ms: False,
+        filled: Callable[[str, int], bool] | None = None,
         symbols: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Every minute of ``[start_ms, end_ms)`` stored exactly once per symbol; real and equal to the
         exchange's candle except where ``filled(symbol, minute)`` (then a flagged filler, flat at the
-        previous close with no volume). Returns the rows."""
+        previous close with no volume); with no ``filled``, none is. Returns the rows."""
         chosen = list(self.symbols if symbols is None else symbols)
         got = self.stored(start_ms, end_ms, chosen)
         minutes = list(range(start_ms, end_ms, MINUTE_MS))
@@ -260,7 +260,7 @@ class StreamRig:
             columns = [rows[c].tolist() for c in ("open_time", "is_filled", *CANDLE_VALUES)]
             for open_ms, is_filled, *raw in zip(*columns, strict=True):
                 values = tuple(float(v) for v in raw)
-                if filled(symbol, open_ms):
+                if filled is not None and filled(symbol, open_ms):
                     assert is_filled, (symbol, open_ms)
                     if prev_close is not None:
                         assert values == (prev_close,) * 4 + (0.0,), (symbol, open_ms, values)

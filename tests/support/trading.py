@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -115,7 +115,10 @@ def intent(
     )
 
 
-def rows(trader: Trader, model: Any, **where: Any) -> list[Any]:
+Row = TypeVar("Row", OrderIntent, TradingAccount, TradingFill, TradingOrder, TradingPosition)
+
+
+def rows(trader: Trader, model: type[Row], **where: Any) -> list[Row]:
     with Session(trader.engine) as s:
         stmt = select(model).filter_by(**where).order_by(model.id)
         return list(s.scalars(stmt).all())

@@ -461,7 +461,7 @@ def test_closing_the_feed_ends_a_run_in_progress() -> None:
 
 
 def test_a_failing_sink_ends_run_with_its_error() -> None:
-    def sink(updates: list[KlineUpdate]) -> None:
+    def sink(_updates: list[KlineUpdate]) -> None:
         raise RuntimeError("sink broke")
 
     async def scenario(rest: FakeExchangeServer, ws: FakeBybitWsServer) -> None:

@@ -35,7 +35,8 @@ def mlsignals(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run([str(script), *args], capture_output=True, text=True, env=full_env, timeout=120)
 
 
-def test_backfill_status_and_rerun(env: dict[str, str]) -> None:
+@pytest.mark.usefixtures("env")
+def test_backfill_status_and_rerun() -> None:
     first = runner.invoke(app, ["data", "backfill", "--days", "0.5", "--symbols", SYMBOLS])
     assert first.exit_code == 0, first.output
     assert "2 symbols, 1440 candles fetched, 1440 new, 0 failed" in first.output
@@ -103,7 +104,8 @@ def write_csv(path: Path, n: int, shuffle: bool = False) -> Path:
     return path
 
 
-def test_import_then_reimport_is_idempotent(env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.usefixtures("env")
+def test_import_then_reimport_is_idempotent(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "c.csv", 30)
     first = runner.invoke(app, ["data", "import", str(path), "--symbol", "BTC/USDT:USDT"])
     assert first.exit_code == 0, first.output
@@ -132,7 +134,8 @@ def test_import_of_bad_file_writes_nothing(env: dict[str, str], tmp_path: Path) 
     assert json.loads(status.stdout) == {"symbols": [], "exchange_outages": []}
 
 
-def test_db_commands(env: dict[str, str]) -> None:
+@pytest.mark.usefixtures("env")
+def test_db_commands() -> None:
     head = db.head_revision()
     up = runner.invoke(app, ["db", "upgrade"])
     assert up.exit_code == 0

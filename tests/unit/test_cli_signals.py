@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -19,25 +20,21 @@ from core.settings import get_settings, reset_settings_cache
 from tests.conftest import REDIS_URL
 from tests.support.signal_feed import T0, heartbeat, pending, signal, write_minutes, xadd
 
+if TYPE_CHECKING:
+    from pipeline.messages import HeartbeatMessage, SignalMessage
+
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
 @pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(REDIS_URL)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def stream(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLSIG_REDIS_URL", REDIS_URL)
     monkeypatch.setenv("MLSIG_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("MLSIG_PIPELINE__STREAM_KEY", f"test:cli-feed:{uuid.uuid4().hex}")
     reset_settings_cache()
     key = get_settings().pipeline.stream_key  # the key the command will read
     yield key
-    client.delete(key)
+    redis_client.delete(key)
 
 
 def subscribe(*args: str) -> tuple[int, str, str]:
@@ -46,38 +43,42 @@ def subscribe(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.integration
-def test_durable_subscribe_prints_and_acks(client: redis.Redis, stream: str) -> None:
-    client.xgroup_create(stream, "g", id="$", mkstream=True)  # the group exists; nobody reads it now
-    messages = [signal(1, "BTC/USDT:USDT"), signal(2, "ETH/USDT:USDT"), heartbeat(signals=2)]
+def test_durable_subscribe_prints_and_acks(redis_client: redis.Redis, stream: str) -> None:
+    redis_client.xgroup_create(stream, "g", id="$", mkstream=True)  # the group exists; nobody reads it now
+    messages: list[SignalMessage | HeartbeatMessage] = [
+        signal(1, "BTC/USDT:USDT"),
+        signal(2, "ETH/USDT:USDT"),
+        heartbeat(signals=2),
+    ]
     for m in messages:
-        xadd(client, stream, m)
-    client.xadd(stream, {"type": "signal", "sequence": "3", "data": "{oops"})
-    xadd(client, stream, signal(4, "SOL/USDT:USDT"))
+        xadd(redis_client, stream, m)
+    redis_client.xadd(stream, {"type": "signal", "sequence": "3", "data": "{oops"})
+    xadd(redis_client, stream, signal(4, "SOL/USDT:USDT"))
 
     code, out, err = subscribe("--durable", "--group", "g", "--count", "4")
     assert code == 0, err
     assert out.splitlines() == [describe(m) for m in [*messages, signal(4, "SOL/USDT:USDT")]]
     assert "skipped:" in err
     assert "Invalid JSON" in err
-    assert pending(client, stream, "g") == 0
+    assert pending(redis_client, stream, "g") == 0
 
 
 @pytest.mark.integration
-def test_durable_subscribe_json_symbol_and_resume(client: redis.Redis, stream: str) -> None:
-    write_minutes(client, stream, 2)  # before the group exists: --from-start reads them
+def test_durable_subscribe_json_symbol_and_resume(redis_client: redis.Redis, stream: str) -> None:
+    write_minutes(redis_client, stream, 2)  # before the group exists: --from-start reads them
     symbol = "S03/USDT:USDT"
     args = ["--durable", "--group", "one", "--from-start", "--json", "--symbol", symbol, "--count", "3"]
     code, out, err = subscribe(*args)
     assert code == 0, err
     expected = [signal(4, symbol, T0), heartbeat(T0), signal(34, symbol, T0 + timedelta(minutes=1))]
     assert out.splitlines() == [m.model_dump_json() for m in expected]  # the JSON as published
-    assert pending(client, stream, "one") == 0  # printed ones acked, the filtered ones too
+    assert pending(redis_client, stream, "one") == 0  # printed ones acked, the filtered ones too
 
     # The same group goes on where it stopped.
     code, out, err = subscribe("--durable", "--group", "one", "--no-heartbeat", "--count", "1")
     assert code == 0, err
     assert out.splitlines() == [describe(signal(35, "S04/USDT:USDT", T0 + timedelta(minutes=1)))]
-    assert pending(client, stream, "one") == 0
+    assert pending(redis_client, stream, "one") == 0
 
 
 @pytest.mark.parametrize(
@@ -109,7 +110,7 @@ def test_durable_subscribe_without_redis_is_a_clean_error(monkeypatch: pytest.Mo
 
 
 @pytest.mark.integration
-def test_pubsub_subscribe_is_unchanged(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pubsub_subscribe_is_unchanged(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     channel = f"test:cli-signals:{uuid.uuid4().hex}"
     monkeypatch.setenv("MLSIG_REDIS_URL", REDIS_URL)
     monkeypatch.setenv("MLSIG_LOG_LEVEL", "WARNING")
@@ -122,8 +123,8 @@ def test_pubsub_subscribe_is_unchanged(client: redis.Redis, monkeypatch: pytest.
     deadline = time.monotonic() + 20
     while reader.is_alive():  # publish until the subscriber, once subscribed, has seen two
         assert time.monotonic() < deadline
-        client.publish(channel, "{not json")
-        client.publish(f"{channel}:heartbeat", beat.model_dump_json())
+        redis_client.publish(channel, "{not json")
+        redis_client.publish(f"{channel}:heartbeat", beat.model_dump_json())
         reader.join(timeout=0.05)
     code, out, err = results[0]
     assert code == 0, err

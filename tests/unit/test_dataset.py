@@ -9,27 +9,39 @@ import pytest
 
 from core.timegrid import MINUTE_MS
 from data.bars import panel_from_candles
-from ml.dataset import PURGED, TEST, TRAIN, VAL, DatasetError, DatasetSpec, SplitBounds, build_dataset
+from ml.dataset import (
+    PURGED,
+    TEST,
+    TRAIN,
+    VAL,
+    Dataset,
+    DatasetError,
+    DatasetSpec,
+    SplitBounds,
+    build_dataset,
+)
 from ml.features import FEATURE_SPEC, build_live_batch, compute
+from ml.features.engine import epoch_ms
 from ml.labels import FLAT, LONG, SHORT, direction_classes, make_labels
 from ml.model import ModelConfig
 from ml.scaling import RobustScaler
-from tests.unit.test_features_common import BAR_MINUTES, candles, sim_bars
+from tests.support.feature_fixtures import BAR_MINUTES, candles, sim_bars
 
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT", "DOGE/USDT:USDT"]
 DAYS = 10
 CONFIG = ModelConfig()
 SPEC = DatasetSpec(phases=(0, 7), train_fraction=0.5, val_fraction=0.25)
+Candles = dict[str, pd.DataFrame]  # symbol -> 1-minute candles
 BAR_MS = BAR_MINUTES * MINUTE_MS
 
 
 @pytest.fixture(scope="module")
-def data() -> dict[str, pd.DataFrame]:
+def data() -> Candles:
     return {s: candles(s, DAYS) for s in SYMBOLS}
 
 
 @pytest.fixture(scope="module")
-def ds(data: dict[str, pd.DataFrame]):  # type: ignore[no-untyped-def]
+def ds(data: Candles) -> Dataset:
     return build_dataset(data, CONFIG, SPEC)
 
 
@@ -68,7 +80,7 @@ def test_thresholds_are_inclusive_flat() -> None:
     assert direction_classes(r, np.array([0.003]))[:, 0].tolist() == [FLAT, FLAT, LONG, SHORT, FLAT]
 
 
-def test_split_is_time_ordered_with_purge_gaps(ds) -> None:  # type: ignore[no-untyped-def]
+def test_split_is_time_ordered_with_purge_gaps(ds: Dataset) -> None:
     gap = SPEC.gap_bars(CONFIG) * BAR_MS
     assert gap == (48 + 96) * BAR_MS
     train, val, test = (ds.anchor_ms[ds.part == p] for p in (TRAIN, VAL, TEST))
@@ -86,7 +98,7 @@ def test_split_is_time_ordered_with_purge_gaps(ds) -> None:  # type: ignore[no-u
     assert ds.split.val_start_ms - ds.split.train_end_ms == gap
 
 
-def test_samples_are_finite_windows_at_the_requested_phases(ds) -> None:  # type: ignore[no-untyped-def]
+def test_samples_are_finite_windows_at_the_requested_phases(ds: Dataset) -> None:
     x = ds.windows(np.arange(len(ds)))
     assert x.shape == (len(ds), 96, 240)
     assert x.dtype == np.float32
@@ -98,14 +110,15 @@ def test_samples_are_finite_windows_at_the_requested_phases(ds) -> None:  # type
     assert set(np.unique(ds.symbol).tolist()) == set(range(len(SYMBOLS)))
 
 
-def test_scaler_is_fitted_on_training_rows_only(ds, data) -> None:  # type: ignore[no-untyped-def]
+def test_scaler_is_fitted_on_training_rows_only(ds: Dataset) -> None:
     rows = []
     everything = []
     for symbol in SYMBOLS:
         for phase in SPEC.phases:
             bars = sim_bars(symbol, DAYS, phase)
             feats = compute(bars, bar_minutes=BAR_MINUTES).to_numpy()
-            end_ms = bars.index.as_unit("ms").asi8 + BAR_MS
+            assert isinstance(bars.index, pd.DatetimeIndex)
+            end_ms = epoch_ms(bars.index) + BAR_MS
             ok = np.isfinite(feats).all(axis=1)
             rows.append(feats[ok & (end_ms < ds.split.train_end_ms)])
             everything.append(feats[ok])
@@ -116,7 +129,7 @@ def test_scaler_is_fitted_on_training_rows_only(ds, data) -> None:  # type: igno
     assert not np.array_equal(leaky.center, expected.center)
 
 
-def test_training_windows_equal_the_live_batch_for_the_same_anchor(ds, data) -> None:  # type: ignore[no-untyped-def]
+def test_training_windows_equal_the_live_batch_for_the_same_anchor(ds: Dataset, data: Candles) -> None:
     rng = np.random.default_rng(0)
     for i in rng.choice(len(ds), 4, replace=False):
         symbol = ds.symbols[ds.symbol[i]]
@@ -128,14 +141,14 @@ def test_training_windows_equal_the_live_batch_for_the_same_anchor(ds, data) -> 
         assert float(panel.close[0, -1]) == ds.close[i]
 
 
-def test_neutral_returns_remove_the_cross_sectional_mean(ds) -> None:  # type: ignore[no-untyped-def]
+def test_neutral_returns_remove_the_cross_sectional_mean(ds: Dataset) -> None:
     t = ds.anchor_ms[0]
     same = ds.anchor_ms == t
     assert same.sum() == len(SYMBOLS)
     np.testing.assert_allclose(ds.neutral_returns[same].mean(axis=0), 0.0, atol=1e-15)
 
 
-def test_a_given_split_and_scaler_are_used_as_is(ds, data) -> None:  # type: ignore[no-untyped-def]
+def test_a_given_split_and_scaler_are_used_as_is(ds: Dataset, data: Candles) -> None:
     # Evaluation of a stored version: a shorter history, the stored scaler and boundaries.
     start = ds.split.test_start_ms - (FEATURE_SPEC.warmup + CONFIG.context + 2) * BAR_MS
     short = {s: f[f["open_time"] >= start] for s, f in data.items()}
@@ -154,6 +167,6 @@ def test_split_bounds_round_trip() -> None:
     assert edges == (700 * m, 710 * m, 850 * m, 860 * m)
 
 
-def test_too_short_a_history_is_a_clear_error(data) -> None:  # type: ignore[no-untyped-def]
+def test_too_short_a_history_is_a_clear_error(data: Candles) -> None:
     with pytest.raises(DatasetError, match="history too short"):
         build_dataset({s: f.iloc[: 5 * 1440] for s, f in data.items()}, CONFIG, DatasetSpec())

@@ -3,7 +3,9 @@
 Parsed with PyYAML and a small Dockerfile reader: the service set, each worker's command against
 ``worker_command(queue)``, health checks, ``depends_on`` conditions, loopback-only ports, the GPU
 reservation, pinned base images, a non-root user and the layer order, the restart policy (every
-long-running service comes back on any exit) and the optional RabbitMQ broker. When a Compose CLI is
+long-running service comes back on any exit) and the optional RabbitMQ broker. Also the dependency
+lock (requirements*.txt, `make lock`): hashed, in step with pyproject.toml, free of machine paths,
+torch from the CPU index, and how each image installs it. When a Compose CLI is
 on the PATH (``docker compose`` v2 or the ``docker-compose`` v1 package) it also validates the file
 with ``config -q``, which needs no engine; without one that test is skipped.
 """
@@ -16,12 +18,16 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from core.settings import redis_db_url
 from worker.queues import Queue, worker_command
@@ -77,7 +83,8 @@ def compose() -> dict[str, Any]:
 
 
 def services() -> dict[str, dict[str, Any]]:
-    return compose()["services"]
+    found: dict[str, dict[str, Any]] = compose()["services"]
+    return found
 
 
 def argv(command: str | list[str]) -> list[str]:
@@ -468,16 +475,103 @@ def test_dockerfile_installs_pins_before_copying_the_project(relpath: str) -> No
     assert "PYTHONUNBUFFERED=1" in env
 
 
+# ------------------------------------------------------------------------------------------ the lock
+
+LOCKS = ("requirements.txt", "requirements-dev.txt")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s\\;]+)", re.MULTILINE)
+
+
+def lock_entries(relpath: str) -> dict[str, tuple[str, str]]:
+    """Canonical name -> (version, the entry's text: pin line, hashes, `# via` lines)."""
+    text = (ROOT / relpath).read_text()
+    starts = list(PIN.finditer(text))
+    entries: dict[str, tuple[str, str]] = {}
+    for match, following in zip(starts, [*starts[1:], None], strict=True):
+        body = text[match.start() : following.start() if following else len(text)]
+        entries[canonicalize_name(match[1])] = (match[2], body)
+    return entries
+
+
 def _torch_pin() -> str:
-    match = re.search(r"^torch==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
-    assert match, "requirements.txt pins no torch"
-    return match[1]
+    return lock_entries("requirements.txt")["torch"][0]
 
 
-def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
+@pytest.mark.parametrize("relpath", LOCKS)
+def test_lock_pins_every_package_with_hashes_for_the_target(relpath: str) -> None:
+    text = (ROOT / relpath).read_text()
+    header = text[: text.index("\n\n")]
+    assert "CPython 3.11 on Linux x86_64" in header
+    assert "make lock" in header
+    entries = lock_entries(relpath)
+    assert len(entries) > 50
+    for name, (_, body) in entries.items():
+        assert "--hash=sha256:" in body, f"{relpath}: {name} has no hash"
+    # No index option: pip would ask an extra index for every package. torch, the one package of
+    # the CPU index, is installed first from requirements-torch.txt.
+    options = [line for line in text.splitlines() if line.startswith("-")]
+    assert options == [], f"{relpath}: options {options}"
+    for machine_specific in ("file://", "/opt/", "/home/", "/tmp/", "--find-links", "--trusted-host"):
+        assert machine_specific not in text, f"{relpath} names {machine_specific!r}"
+
+
+def test_dev_lock_keeps_the_runtime_pins() -> None:
+    runtime = {name: version for name, (version, _) in lock_entries("requirements.txt").items()}
+    dev = {name: version for name, (version, _) in lock_entries("requirements-dev.txt").items()}
+    assert {name: dev.get(name) for name in runtime} == runtime
+    assert {"pip-tools", "setuptools", "pytest"} <= set(dev)
+
+
+@pytest.mark.parametrize(("relpath", "extra"), [("requirements.txt", None), ("requirements-dev.txt", "dev")])
+def test_lock_satisfies_pyproject(relpath: str, extra: str | None) -> None:
+    """The lock is not stale: every requirement of pyproject.toml is pinned to a version it allows."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    if extra is not None:
+        wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    entries = lock_entries(relpath)
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        assert name in entries, f"{relpath} does not pin {req}: run `make lock`"
+        version = entries[name][0]
+        assert req.specifier.contains(version, prereleases=True), f"{relpath}: {name}=={version} vs {req}"
+    # A package only the dev extra needs stays out of the runtime lock.
+    if extra is None:
+        dev_only = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
+        assert not dev_only & {"pytest", "ta", "backtesting", "pip-tools"} & set(entries)
+
+
+def test_lock_takes_torch_from_the_cpu_index() -> None:
+    version, body = lock_entries("requirements.txt")["torch"]
+    assert Version(version).local == "cpu"
+    assert body.count("--hash=sha256:") >= 1
+    torch_lock = (ROOT / "requirements-torch.txt").read_text()
+    options = [line for line in torch_lock.splitlines() if line.startswith("-")]
+    assert options == [f"--index-url {CPU_INDEX}"]
+    entries = lock_entries("requirements-torch.txt")
+    assert list(entries) == ["torch"], "requirements-torch.txt holds torch alone"
+    pin, hashes = entries["torch"]
+    assert pin == version
+    assert set(re.findall(r"--hash=sha256:\w+", hashes)) == set(re.findall(r"--hash=sha256:\w+", body))
+
+
+def test_setup_installs_torch_alone_first_then_the_lock() -> None:
+    recipe = (ROOT / "Makefile").read_text()
+    torch_step = recipe.index("--require-hashes --no-deps -r requirements-torch.txt")
+    lock_step = recipe.index("--require-hashes -r requirements-dev.txt")
+    assert torch_step < lock_step
+
+
+# ---------------------------------------------------------------------------------- images and lock
+
+
+def test_cpu_image_installs_the_lock_in_hash_checking_mode() -> None:
     instructions = dockerfile(ROOT / CPU_DOCKERFILE)
     runs = expand(" ".join(r for k, r in instructions if k == "RUN"), arg_defaults(instructions))
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in runs.replace('"', "")
+    torch_step = runs.index("pip install --require-hashes --no-deps -r /tmp/requirements-torch.txt")
+    assert torch_step < runs.index("pip install --require-hashes -r /tmp/requirements.txt")
+    # torch comes from the CPU index that requirements-torch.txt names, not from one the image adds.
+    assert "--index-url" not in runs
     assert "cu12" not in runs
 
 
@@ -485,10 +579,31 @@ def test_gpu_image_takes_the_pinned_torch_from_a_cuda_index() -> None:
     instructions = dockerfile(ROOT / GPU_DOCKERFILE)
     runs = expand(" ".join(r for k, r in instructions if k == "RUN"), arg_defaults(instructions))
     runs = runs.replace('"', "")
-    assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu12\d+ torch==", runs)
-    assert f"torch=={_torch_pin()}" in runs
+    match = re.search(r"--index-url https://download\.pytorch\.org/whl/(cu12\d+) torch==(\S+)", runs)
+    assert match, "the GPU image installs no torch from a CUDA index"
+    cuda = Version(match[2])
+    assert cuda.public == Version(_torch_pin()).public, "the GPU image's torch is not the lock's version"
+    assert cuda.local == match[1], f"torch {cuda} from the {match[1]} index"
+    assert "--require-hashes -r /tmp/requirements-no-torch.txt" in runs
     base = next(r for k, r in instructions if k == "FROM")
     assert base.startswith("nvidia/cuda:") or base.startswith("pytorch/pytorch:")
+
+
+def test_gpu_image_filter_drops_exactly_the_torch_entry() -> None:
+    """Run the GPU image's sed over the real lock: every other entry stays whole, hashes included."""
+    runs = " ".join(r for k, r in dockerfile(ROOT / GPU_DOCKERFILE) if k == "RUN")
+    match = re.search(r"sed '([^']+)' /tmp/requirements\.txt", runs)
+    assert match, "the GPU image does not filter the lock with sed"
+    if shutil.which("sed") is None:
+        pytest.skip("no sed on PATH")
+    lock = (ROOT / "requirements.txt").read_text()
+    result = subprocess.run(["sed", match[1]], input=lock, capture_output=True, text=True, check=True)
+    entries = lock_entries("requirements.txt")
+    torch_entry = entries.pop("torch")[1]
+    assert not re.search(r"^torch==", result.stdout, re.MULTILINE)
+    assert result.stdout == lock.replace(torch_entry, "")
+    for _, body in entries.values():
+        assert body in result.stdout
 
 
 def test_gpu_image_default_command_is_the_inference_worker() -> None:
@@ -508,7 +623,8 @@ def test_dockerignore_keeps_state_and_tests_out_but_the_build_inputs_in() -> Non
 
     for name in (".git", ".venv", "var", "tests", ".mypy_cache", ".pytest_cache", ".ruff_cache"):
         assert ignored(name), f".dockerignore lets {name} into the image"
-    needed = ["requirements.txt", "pyproject.toml", "README.md", "alembic.ini", "celeryconfig.py"]
-    needed += ["core", "data", "ml", "cli", "migrations", "worker", "tasks", "trading"]
+    needed = ["requirements.txt", "requirements-torch.txt", "pyproject.toml", "README.md", "alembic.ini"]
+    needed += ["celeryconfig.py", "core", "data", "ml", "cli", "migrations", "worker", "tasks", "trading"]
+    needed += ["pipeline"]
     for name in needed:
         assert not ignored(name), f".dockerignore drops {name}, which the image needs"

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from ml.features import FEATURE_SPEC, compute, compute_window
-from tests.unit.test_features_common import BAR_MINUTES, assert_same, sim_bars
+from ml.features.engine import epoch_ms
+from tests.support.feature_fixtures import BAR_MINUTES, assert_same, sim_bars
 
 SPEC = FEATURE_SPEC
 WARMUPS = np.array([f.warmup for f in SPEC.features])
@@ -45,12 +46,12 @@ def test_changing_future_bars_changes_nothing_before(
     bars, full = history
     rng = np.random.default_rng(cut)
     changed = bars.copy()
-    after = np.arange(cut + 1, len(bars))
+    after = changed.index[cut + 1 :]
     shock = np.exp(rng.normal(0.0, 0.05, after.size))
     for col in ("open", "high", "low", "close"):
-        changed.iloc[after, changed.columns.get_loc(col)] *= shock
-    changed.iloc[after, changed.columns.get_loc("volume")] *= rng.lognormal(0.0, 1.0, after.size)
-    changed.iloc[after[::7], changed.columns.get_loc("complete")] = False
+        changed.loc[after, col] *= shock
+    changed.loc[after, "volume"] *= rng.lognormal(0.0, 1.0, after.size)
+    changed.loc[after[::7], "complete"] = False
     out = compute(changed).to_numpy()
     assert_same(out[: cut + 1], full[: cut + 1], what=f"cut at {cut}")
     # The change is real: rows after the cut do move.
@@ -71,14 +72,16 @@ def test_each_feature_needs_only_its_declared_window(
 
 
 def _last_row(arrays: list[np.ndarray], end_ms: np.ndarray, k: int) -> np.ndarray:
-    """Features of the last bar of each window ``[n, k + 1]``."""
-    return compute_window(*arrays, end_ms, start=k)[:, 0, :]
+    """Features of the last bar of each window ``[n, k + 1]``; ``arrays`` are the ``FIELDS``."""
+    o, h, low, c, v = arrays
+    return compute_window(o, h, low, c, v, end_ms, start=k)[:, 0, :]
 
 
 def test_the_oldest_bar_of_each_declared_window_matters(history: tuple[pd.DataFrame, np.ndarray]) -> None:
     bars, _ = history
     values = {f: bars[f].to_numpy() for f in FIELDS}
-    end = bars.index.as_unit("ms").asi8 + BAR_MINUTES * 60_000
+    assert isinstance(bars.index, pd.DatetimeIndex)
+    end = epoch_ms(bars.index) + BAR_MINUTES * 60_000
     ts = np.arange(SPEC.warmup + 10, len(bars), 11)
     inert: list[str] = []
     for k in np.unique(WARMUPS):

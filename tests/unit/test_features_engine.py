@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pytest
 
 from ml.features import FEATURE_SPEC, FeatureInputError, compute, compute_series, compute_window
-from tests.unit.test_features_common import BAR_MINUTES, assert_same, real_bars, sim_bars
+from ml.features.engine import epoch_ms
+from tests.support.feature_fixtures import BAR_MINUTES, assert_same, real_bars, sim_bars
 
 SPEC = FEATURE_SPEC
 WARMUPS = np.array([f.warmup for f in SPEC.features])
@@ -15,8 +17,19 @@ WARMUPS = np.array([f.warmup for f in SPEC.features])
 SYMBOLS = ("BTC/USDT:USDT", "1000PEPE/USDT:USDT")
 
 
+Month = dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # symbol -> (bars, features)
+FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _end_ms(bars: pd.DataFrame) -> npt.NDArray[np.int64]:
+    """Each bar's end time, epoch ms."""
+    index = bars.index
+    assert isinstance(index, pd.DatetimeIndex)
+    return epoch_ms(index) + BAR_MINUTES * 60_000
+
+
 @pytest.fixture(scope="module")
-def month() -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+def month() -> Month:
     out = {}
     for sym in SYMBOLS:
         bars = sim_bars(sym, days=30)
@@ -24,16 +37,16 @@ def month() -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     return out
 
 
-def test_compute_returns_the_spec_columns_on_the_same_index(month: dict) -> None:
+def test_compute_returns_the_spec_columns_on_the_same_index(month: Month) -> None:
     bars, feats = month["BTC/USDT:USDT"]
     assert list(feats.columns) == list(SPEC.names)
     assert feats.index.equals(bars.index)
-    assert feats.dtypes.eq(np.float64).all()
+    assert set(feats.dtypes) == {np.dtype(np.float64)}
     assert len(bars) == 30 * 96
 
 
 @pytest.mark.parametrize("symbol", SYMBOLS)
-def test_30_days_no_feature_is_constant_or_non_finite_after_warmup(month: dict, symbol: str) -> None:
+def test_30_days_no_feature_is_constant_or_non_finite_after_warmup(month: Month, symbol: str) -> None:
     _, feats = month[symbol]
     after = feats.to_numpy()[SPEC.warmup :]
     non_finite = [SPEC.names[i] for i in np.flatnonzero(~np.isfinite(after).all(axis=0))]
@@ -49,7 +62,7 @@ def test_30_days_no_feature_is_constant_or_non_finite_after_warmup(month: dict, 
     assert (distinct >= 50).sum() >= 230
 
 
-def test_warmup_rows_are_nan_and_the_first_row_after_is_finite(month: dict) -> None:
+def test_warmup_rows_are_nan_and_the_first_row_after_is_finite(month: Month) -> None:
     _, feats = month["BTC/USDT:USDT"]
     values = feats.to_numpy()
     first_finite = np.isfinite(values).argmax(axis=0)
@@ -62,9 +75,8 @@ def test_leading_nan_of_the_raw_computation_equals_the_declared_warmup() -> None
     # Without the final mask, a feature's own look-back decides where its values start: a
     # declared warm-up shorter than the real one would show here (longer: in the causality tests).
     bars = sim_bars("ETH/USDT:USDT", days=4)
-    arrays = [bars[c].to_numpy()[None, :] for c in ("open", "high", "low", "close", "volume")]
-    end = bars.index.as_unit("ms").asi8 + BAR_MINUTES * 60_000
-    raw = compute_window(*arrays, end, start=0, mask=False)[0]
+    o, h, low, c, v = (bars[x].to_numpy()[None, :] for x in FIELDS)
+    raw = compute_window(o, h, low, c, v, _end_ms(bars), start=0, mask=False)[0]
     lead = np.isfinite(raw).argmax(axis=0)
     wrong = {SPEC.names[i]: (int(lead[i]), int(WARMUPS[i])) for i in np.flatnonzero(lead != WARMUPS)}
     assert not wrong
@@ -86,8 +98,8 @@ def test_an_incomplete_bar_blanks_exactly_the_windows_that_contain_it() -> None:
 
 def test_nan_prices_count_as_incomplete() -> None:
     bars = sim_bars("SOL/USDT:USDT", days=5).drop(columns="complete")
-    bars.iloc[300, bars.columns.get_loc("close")] = np.nan
-    bars.iloc[310, bars.columns.get_loc("low")] = -1.0
+    bars.loc[bars.index[300], "close"] = np.nan
+    bars.loc[bars.index[310], "low"] = -1.0
     feats = compute(bars).to_numpy()
     rows = np.arange(len(bars))[:, None]
     sees = np.zeros(feats.shape, dtype=bool)
@@ -116,8 +128,8 @@ def test_compute_does_not_modify_its_input() -> None:
 
 def test_compute_is_the_same_core_as_compute_series() -> None:
     bars = sim_bars("ETH/USDT:USDT", days=4).drop(columns="complete")
-    end = bars.index.as_unit("ms").asi8 + BAR_MINUTES * 60_000
-    series = compute_series(*(bars[c].to_numpy() for c in ("open", "high", "low", "close", "volume")), end)
+    o, h, low, c, v = (bars[x].to_numpy() for x in FIELDS)
+    series = compute_series(o, h, low, c, v, _end_ms(bars))
     np.testing.assert_array_equal(series, compute(bars).to_numpy())
 
 
@@ -167,6 +179,7 @@ def test_malformed_input_is_refused_with_a_clear_error(mutate: object, rule: str
 def test_time_encodings_follow_the_bar_end() -> None:
     bars = sim_bars("ETH/USDT:USDT", days=8)
     feats = compute(bars)
+    assert isinstance(bars.index, pd.DatetimeIndex)
     end = bars.index + pd.Timedelta(minutes=BAR_MINUTES)
     hours = end.hour + end.minute / 60.0
     np.testing.assert_allclose(feats["tod_sin"], np.sin(2 * np.pi * hours / 24), atol=1e-12)

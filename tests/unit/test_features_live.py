@@ -15,9 +15,10 @@ from core.timegrid import MINUTE_MS
 from data.bars import panel_from_candles, resample_anchored
 from ml.features import FEATURE_SPEC, FeatureSpecMismatchError, build_live_batch, compute
 from ml.features import live as live_module
+from ml.features.engine import epoch_ms
 from ml.features.indicators import REGISTRY
 from ml.scaling import RobustScaler
-from tests.unit.test_features_common import BAR_MINUTES, DAY_MS, START_MS, assert_same, candles, sim_bars
+from tests.support.feature_fixtures import BAR_MINUTES, DAY_MS, START_MS, assert_same, candles, sim_bars
 
 SPEC = FEATURE_SPEC
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "XRP/USDT:USDT", "DOGE/USDT:USDT", "1000PEPE/USDT:USDT"]
@@ -67,16 +68,16 @@ def test_live_rows_equal_training_rows_from_a_long_history(scaler: RobustScaler)
         # Training: every anchored bar of the whole history with the live anchor's phase.
         history = resample_anchored(candles(sym, DAYS), BAR_MINUTES, phase)
         train = compute(history)
-        rows = (train.index.as_unit("ms").asi8 >= ANCHOR - SPEC.context * BAR_MS) & (
-            train.index.as_unit("ms").asi8 < ANCHOR
-        )
+        assert isinstance(train.index, pd.DatetimeIndex)
+        open_ms = epoch_ms(train.index)
+        rows = (open_ms >= ANCHOR - SPEC.context * BAR_MS) & (open_ms < ANCHOR)
         assert rows.sum() == SPEC.context
         expected = train.to_numpy()[rows]
         assert_same(raw.values[i], expected, what=sym)
         np.testing.assert_allclose(batch.tensor[i], scaler.transform(expected), rtol=1e-6, atol=2e-6)
 
 
-def test_live_rows_equal_compute_on_the_same_bars(scaler: RobustScaler) -> None:
+def test_live_rows_equal_compute_on_the_same_bars() -> None:
     panel = panel_from_candles(_candles(SYMBOLS[:3]), ANCHOR, N_BARS, BAR_MINUTES)
     raw = live_module.live_features(panel)
     for i, sym in enumerate(panel.symbols):
@@ -99,9 +100,10 @@ def test_bad_symbols_are_rejected_with_a_reason_and_the_others_go_on(scaler: Rob
     assert batch.symbols == [s for s in SYMBOLS if s not in (gappy, young)]
     assert batch.quality[gappy].reason == "incomplete bars: 3"
     assert batch.quality[gappy].incomplete_bars == 3
-    assert batch.quality[young].reason is not None
-    assert batch.quality[young].reason.startswith("insufficient history: 120 of the 296 bars")
-    assert batch.rejected == {gappy: "incomplete bars: 3", young: batch.quality[young].reason}
+    young_reason = batch.quality[young].reason
+    assert young_reason is not None
+    assert young_reason.startswith("insufficient history: 120 of the 296 bars")
+    assert batch.rejected == {gappy: "incomplete bars: 3", young: young_reason}
     assert batch.tensor.shape == (3, 96, 240)
 
     clean = build_live_batch(panel_from_candles(_candles(batch.symbols), ANCHOR, N_BARS, BAR_MINUTES), scaler)
@@ -114,7 +116,7 @@ def test_a_non_finite_feature_rejects_only_its_symbol(
     original = REGISTRY["rsi"]
 
     def broken(ctx: object, **params: int) -> np.ndarray:
-        out = original(ctx, **params).copy()  # type: ignore[arg-type]
+        out = original(ctx, **params).copy()
         out[2, 40] = np.nan  # the third symbol, 40th of the 96 rows
         return out
 

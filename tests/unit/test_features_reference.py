@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ import ta
 
 from ml.features import compute
 from ml.features.psar import psar_path, psar_windowed
-from tests.unit.test_features_common import real_bars, sim_bars
+from tests.support.feature_fixtures import real_bars, sim_bars
 
 BURN_IN = 400
 EXACT = 1e-7
@@ -54,12 +55,20 @@ class Check:
     ties: str = ""  # "tp" or "dm": skip rows near an ambiguous tie
 
 
-def _checks() -> list[Check]:
-    out: list[Check] = []
+class _Add(Protocol):
+    def __call__(
+        self,
+        feature: str,
+        # Not ``Reference``: the lambdas bind their loop variables as defaulted parameters
+        # (``lambda b, n=n: ...``), a shape mypy cannot infer against a one-parameter callable.
+        reference: Callable[..., pd.Series],
+        tolerance: float,
+        ties: str = "",
+    ) -> None: ...
 
-    def add(feature: str, reference: Reference, tolerance: float, ties: str = "") -> None:
-        out.append(Check(feature, reference, tolerance, ties))
 
+def _moving_average_checks(add: _Add) -> None:
+    """SMA and EMA distances and crosses, MACD."""
     for n in (5, 10, 20, 50, 100, 200):
         add(
             f"sma_dist_{n}",
@@ -101,6 +110,10 @@ def _checks() -> list[Check]:
         add(f"macd_{suffix}", lambda b, m=macd: m(b).macd() / b.close, TRUNCATED)
         add(f"macd_signal_{suffix}", lambda b, m=macd: m(b).macd_signal() / b.close, TRUNCATED)
         add(f"macd_hist_{suffix}", lambda b, m=macd: m(b).macd_diff() / b.close, TRUNCATED)
+
+
+def _trend_indicator_checks(add: _Add) -> None:
+    """ADX, Ichimoku, Aroon, Vortex, TRIX, mass index, KST, DPO."""
 
     def adx(b: pd.DataFrame, n: int = 14) -> ta.trend.ADXIndicator:
         return ta.trend.ADXIndicator(b.high, b.low, b.close, n)
@@ -152,6 +165,9 @@ def _checks() -> list[Check]:
     add("kst_diff", lambda b: ta.trend.KSTIndicator(b.close).kst_diff() / 100, EXACT)
     add("dpo_20", lambda b: ta.trend.DPOIndicator(b.close, 20).dpo() / b.close, EXACT)
 
+
+def _momentum_checks(add: _Add) -> None:
+    """RSI, stochastics, Williams %R, ROC, CCI, Ultimate, MFI, AO, TSI."""
     for n, tol in ((6, TRUNCATED), (14, TRUNCATED), (28, LONG_TAIL)):
         add(f"rsi_{n}", lambda b, n=n: ta.momentum.RSIIndicator(b.close, n).rsi() / 100, tol)
     for w in (5, 14):
@@ -205,8 +221,13 @@ def _checks() -> list[Check]:
     )
     add("tsi_25_13", lambda b: ta.momentum.TSIIndicator(b.close, 25, 13).tsi() / 100, TRUNCATED)
 
+
+def _volatility_checks(add: _Add) -> None:
+    """ATR, Bollinger, Keltner, Donchian, Ulcer."""
+
     def atr(b: pd.DataFrame, n: int) -> pd.Series:
-        return ta.volatility.AverageTrueRange(b.high, b.low, b.close, n).average_true_range()
+        line: pd.Series = ta.volatility.AverageTrueRange(b.high, b.low, b.close, n).average_true_range()
+        return line
 
     for n, tol in ((7, TRUNCATED), (14, TRUNCATED), (28, LONG_TAIL)):
         add(f"natr_{n}", lambda b, n=n: atr(b, n) / b.close, tol)
@@ -254,18 +275,26 @@ def _checks() -> list[Check]:
     for w in (14, 48):
         add(f"ulcer_{w}", lambda b, w=w: ta.volatility.UlcerIndex(b.close, w).ulcer_index() / 100, EXACT)
 
-    def windowed(line: pd.Series, b: pd.DataFrame, w: int) -> pd.Series:
-        """Change of a cumulative line over ``w`` bars per unit of the volume traded in them."""
-        return (line - line.shift(w)) / b.volume.rolling(w).sum()
 
-    def obv(b: pd.DataFrame) -> pd.Series:
-        return ta.volume.OnBalanceVolumeIndicator(b.close, b.volume).on_balance_volume()
+def _windowed(line: pd.Series, b: pd.DataFrame, w: int) -> pd.Series:
+    """Change of a cumulative line over ``w`` bars per unit of the volume traded in them."""
+    return (line - line.shift(w)) / b.volume.rolling(w).sum()
 
-    def adi(b: pd.DataFrame) -> pd.Series:
-        return ta.volume.AccDistIndexIndicator(b.high, b.low, b.close, b.volume).acc_dist_index()
 
+def _obv(b: pd.DataFrame) -> pd.Series:
+    line: pd.Series = ta.volume.OnBalanceVolumeIndicator(b.close, b.volume).on_balance_volume()
+    return line
+
+
+def _adi(b: pd.DataFrame) -> pd.Series:
+    line: pd.Series = ta.volume.AccDistIndexIndicator(b.high, b.low, b.close, b.volume).acc_dist_index()
+    return line
+
+
+def _volume_checks(add: _Add) -> None:
+    """OBV, CMF (twice), Chaikin, force index, PVO, VPT."""
     for w in (14, 48, 96):
-        add(f"obv_slope_{w}", lambda b, w=w: windowed(obv(b), b, w), EXACT)
+        add(f"obv_slope_{w}", lambda b, w=w: _windowed(_obv(b), b, w), EXACT)
     for w in (10, 20, 50):
         add(
             f"cmf_{w}",
@@ -275,11 +304,11 @@ def _checks() -> list[Check]:
             EXACT,
         )
     # The same numbers from the accumulation/distribution line itself.
-    add("cmf_20", lambda b: windowed(adi(b), b, 20), EXACT)
+    add("cmf_20", lambda b: _windowed(_adi(b), b, 20), EXACT)
     add(
         "chaikin_osc_3_10",
         lambda b: (
-            (adi(b).ewm(span=3, adjust=False).mean() - adi(b).ewm(span=10, adjust=False).mean())
+            (_adi(b).ewm(span=3, adjust=False).mean() - _adi(b).ewm(span=10, adjust=False).mean())
             / b.volume.rolling(96).mean()
         ),
         TRUNCATED,
@@ -302,11 +331,15 @@ def _checks() -> list[Check]:
     for w in (14, 48):
         add(
             f"vpt_slope_{w}",
-            lambda b, w=w: windowed(
+            lambda b, w=w: _windowed(
                 ta.volume.VolumePriceTrendIndicator(b.close, b.volume).volume_price_trend(), b, w
             ),
             EXACT,
         )
+
+
+def _price_checks(add: _Add) -> None:
+    """VWAP distance and returns."""
     add(
         "vwap_dist_14",
         lambda b: np.log(
@@ -323,6 +356,23 @@ def _checks() -> list[Check]:
         lambda b: np.log(1 + ta.others.CumulativeReturnIndicator(b.close).cumulative_return() / 100).diff(24),
         EXACT,
     )
+
+
+def _checks() -> list[Check]:
+    out: list[Check] = []
+
+    def add(feature: str, reference: Callable[..., pd.Series], tolerance: float, ties: str = "") -> None:
+        out.append(Check(feature, reference, tolerance, ties))
+
+    for family in (
+        _moving_average_checks,
+        _trend_indicator_checks,
+        _momentum_checks,
+        _volatility_checks,
+        _volume_checks,
+        _price_checks,
+    ):
+        family(add)
     return out
 
 
@@ -333,7 +383,8 @@ def _psar_path(b: pd.DataFrame) -> np.ndarray:
     """ta's SAR (a single path from the first bar), for the windowed feature's comparison."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ta assigns by position into a dated index
-        return ta.trend.PSARIndicator(b.high, b.low, b.close).psar().to_numpy()
+        sar: pd.Series = ta.trend.PSARIndicator(b.high, b.low, b.close).psar()
+    return sar.to_numpy()
 
 
 DATASETS: dict[str, Callable[[], pd.DataFrame]] = {

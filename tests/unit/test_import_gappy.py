@@ -32,7 +32,7 @@ def illiquid_history(seed: int = 3) -> pd.DataFrame:
     span = CANDLES + MISSING
     gaps = [10]
     while sum(gaps) < MISSING:
-        gaps.append(int(min(rng.integers(1, 9), MISSING - sum(gaps))))
+        gaps.append(min(int(rng.integers(1, 9)), MISSING - sum(gaps)))
     starts = np.sort(rng.choice(np.arange(50, span - 50, 20), size=len(gaps), replace=False))
     missing = np.concatenate([np.arange(s, s + g) for s, g in zip(starts, gaps, strict=True)])
     keep = np.setdiff1d(np.arange(span), missing)

@@ -4,8 +4,9 @@ bus that publishes each message once on pub/sub and on the durable stream."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -14,10 +15,11 @@ from sqlalchemy import update
 from core.settings import Settings
 from data import db
 from data.models import PipelineRun
+from pipeline import minute_service
 from pipeline.bus import BusItem, MemoryBus, RedisBus
 from pipeline.ledger import DONE, FAILED, INFERENCE, MISSED, RUNNING, RunLedger
 from pipeline.messages import HeartbeatMessage, parse_message
-from tasks import pipeline
+from pipeline.ports import DispatchedChord
 from tests.conftest import REDIS_URL
 from worker.embedded import build_embedded
 from worker.runtime import Runtime
@@ -95,73 +97,95 @@ def _heartbeats(inbox: Any) -> list[HeartbeatMessage]:
     return out
 
 
-def test_supervisor_redispatches_a_stalled_minute_and_announces_a_lost_one(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sent: list[tuple[str, int, int]] = []
+class RecordingDispatch:
+    """The ``ChordDispatch`` port, recording what it was asked to send (chunks as a count)."""
 
-    def fake_dispatch(rt: Runtime, minute_iso: str, run: int, *_args: Any, attempt: int) -> tuple[None, int]:
-        sent.append((minute_iso, run, attempt))
-        return None, 1
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, str, str, int, datetime]] = []
 
-    monkeypatch.setattr(pipeline, "dispatch_chord", fake_dispatch)
+    def __call__(
+        self, minute_iso: str, run: int, run_id: str, version: str, chunks: list[list[str]], expires: datetime
+    ) -> DispatchedChord:
+        self.sent.append((minute_iso, run, run_id, version, sum(len(c) for c in chunks), expires))
+        return DispatchedChord(result_id=f"result-{len(self.sent)}", tasks=len(chunks))
+
+
+def supervisor_at(
+    runtime: Runtime, dispatch: RecordingDispatch, minute: datetime
+) -> Callable[[float], dict[str, list[str]]]:
+    """The supervisor as beat fires it, at ``minute`` plus a number of seconds."""
+    return lambda seconds: minute_service.supervise_minutes(
+        runtime, dispatch, minute + timedelta(seconds=seconds)
+    )
+
+
+def test_supervisor_redispatches_a_stalled_minute_and_announces_a_lost_one(runtime: Runtime) -> None:
+    dispatch = RecordingDispatch()
     inbox = runtime.bus.subscribe()  # type: ignore[attr-defined]
     now = datetime.now(UTC).replace(second=0, microsecond=0)
+    supervise = supervisor_at(runtime, dispatch, now)
     run = _claim_at(runtime, now)
     # Nothing to do while the run makes progress.
-    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=10)) == {
-        "closed": [],
-        "redispatched": [],
-    }
-    report = pipeline.supervise_minutes(runtime, now + timedelta(seconds=20))
-    assert report["redispatched"] == [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
-    assert sent == [(report["redispatched"][0], run, 2)]
+    assert supervise(10) == {"closed": [], "redispatched": []}
+    report = supervise(20)
+    minute_iso = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert report["redispatched"] == [minute_iso]
+    # The second attempt writes windows of its own and keeps the minute's deadline.
+    deadline = now + timedelta(seconds=runtime.settings.pipeline.minute_deadline_seconds)
+    assert dispatch.sent == [(minute_iso, run, f"{minute_iso}/{run}.2", "v1", 3, deadline)]
     # Stalled again, but 15 s before the deadline there is no time for another attempt.
-    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=45))["redispatched"] == []
+    assert supervise(45)["redispatched"] == []
     assert _heartbeats(inbox) == []
     # Past the deadline (+ grace) the run is closed and announced, once.
-    closed = pipeline.supervise_minutes(runtime, now + timedelta(seconds=61))
+    closed = supervise(61)
     assert closed["closed"] == report["redispatched"]
-    assert pipeline.supervise_minutes(runtime, now + timedelta(seconds=66))["closed"] == []
+    assert supervise(66)["closed"] == []
+    assert len(dispatch.sent) == 1
     [beat] = _heartbeats(inbox)
-    assert (beat.status, beat.failed, beat.note) == (FAILED, 3, pipeline.OVERDUE_NOTE)
+    assert (beat.status, beat.failed, beat.note) == (FAILED, 3, minute_service.OVERDUE_NOTE)
     row = runtime.ledger.get(now)
     assert row is not None
     assert (row.status, row.attempts) == (FAILED, 2)
 
 
-def test_supervisor_gives_up_after_max_attempts(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "dispatch_chord", lambda *a, **k: (None, 1))
+def test_supervisor_gives_up_after_max_attempts(runtime: Runtime) -> None:
+    dispatch = RecordingDispatch()
     now = datetime.now(UTC).replace(second=0, microsecond=0)
+    supervise = supervisor_at(runtime, dispatch, now)
     _claim_at(runtime, now)
     limit = runtime.settings.pipeline.max_attempts
-    redispatched = 0
-    for step in range(1, 6):
-        redispatched += len(
-            pipeline.supervise_minutes(runtime, now + timedelta(seconds=1 + 16 * step))["redispatched"]
-        )
-    assert redispatched <= limit - 1
+    redispatched = sum(len(supervise(1 + 16 * step)["redispatched"]) for step in range(1, 6))
+    assert 1 <= redispatched <= limit - 1
+    # Each attempt is numbered: its feature windows never mix with another attempt's.
+    assert [sent[2].rsplit(".", 1)[1] for sent in dispatch.sent] == [
+        str(a) for a in range(2, redispatched + 2)
+    ]
 
 
 def test_a_start_after_a_gap_records_and_announces_the_missed_minutes(runtime: Runtime) -> None:
     inbox = runtime.bus.subscribe()  # type: ignore[attr-defined]
     runtime.ledger.claim(M0, status=DONE, model_version="v1", symbols_asked=3)
     later = M0 + timedelta(minutes=3)
-    assert pipeline.record_missed(runtime, later) == [M0 + timedelta(minutes=1), M0 + timedelta(minutes=2)]
-    assert pipeline.record_missed(runtime, later) == []
+    assert minute_service.record_missed(runtime, later) == [
+        M0 + timedelta(minutes=1),
+        M0 + timedelta(minutes=2),
+    ]
+    assert minute_service.record_missed(runtime, later) == []
     beats = _heartbeats(inbox)
     assert [(b.minute, b.status) for b in beats] == [
         (M0 + timedelta(minutes=1), MISSED),
         (M0 + timedelta(minutes=2), MISSED),
     ]
-    assert all(b.note == pipeline.MISSED_NOTE for b in beats)
+    assert all(b.note == minute_service.MISSED_NOTE for b in beats)
 
 
 def test_a_late_start_is_skipped_and_still_records_the_minutes_before(runtime: Runtime) -> None:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     runtime.ledger.claim(now - timedelta(minutes=5), status=DONE, model_version="v1", symbols_asked=3)
     late = now - timedelta(minutes=2)
-    outcome = pipeline.start_minute(runtime, late.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    dispatch = RecordingDispatch()
+    outcome = minute_service.start_minute(runtime, dispatch, late.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert dispatch.sent == []
     assert outcome["status"] == "skipped_late"
     statuses = [(r.minute.replace(tzinfo=UTC), r.status) for r in reversed(runtime.ledger.recent(10))]
     assert statuses == [
@@ -193,7 +217,7 @@ def test_redis_bus_appends_to_the_stream_and_publishes_once() -> None:
     items = [BusItem(f"signal:{i}", "signal", str(i), json.dumps({"n": i}), ("sig",)) for i in range(3)]
     assert bus.publish_once(items) == 3
     assert bus.publish_once([*items[1:], BusItem("signal:9", "signal", "9", "{}", ("sig",))]) == 1
-    entries = client.xrange("test:stream")
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange("test:stream"))
     assert [e[1][b"sequence"] for e in entries] == [b"0", b"1", b"2", b"9"]
     assert {e[1][b"type"] for e in entries} == {b"signal"}
     got = []

@@ -30,7 +30,9 @@ def model() -> torch.nn.Module:
     m = build_model(ModelConfig())
     # Output layers start at zero (see network.py); randomise them so the tests see real outputs.
     for head in (m.returns_head, m.direction_head, m.risk_head):
-        torch.nn.init.normal_(head[-1].weight, std=0.2)
+        out = head[-1]
+        assert isinstance(out, torch.nn.Linear)
+        torch.nn.init.normal_(out.weight, std=0.2)
     return m.eval()
 
 
@@ -121,7 +123,9 @@ def test_without_the_statistics_path_the_model_is_blind_to_levels_and_scales() -
     torch.manual_seed(2)
     plain = build_model(ModelConfig(revin_stats=False)).eval()
     for head in (plain.returns_head, plain.direction_head, plain.risk_head):
-        torch.nn.init.normal_(head[-1].weight, std=0.2)
+        out = head[-1]
+        assert isinstance(out, torch.nn.Linear)
+        torch.nn.init.normal_(out.weight, std=0.2)
     x = torch.randn(3, 96, 240)
     scale = torch.rand(3, 1, 240) * 2 + 1.0
     shift = torch.randn(3, 1, 240)

@@ -12,7 +12,7 @@ from cli.main import app
 from core.settings import Settings, reset_settings_cache
 from ml.bootstrap import ensure_champion
 from ml.registry import Registry
-from tests.unit.test_model_common import make_registry
+from tests.support.model_fixtures import make_registry
 from tests.unit.test_training import TINY
 
 runner = CliRunner(env={"COLUMNS": "200"})

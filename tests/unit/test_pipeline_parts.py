@@ -181,7 +181,12 @@ def test_messages_validate_and_reject_malformed_input() -> None:
         expires_at=MINUTE,
     )
     assert parse_message(good.model_dump_json()) == good
-    for bad in [b"not json", b"{}", json.dumps({**json.loads(good.model_dump_json()), "confidence": 1.5})]:
+    bad_inputs: list[str | bytes] = [
+        b"not json",
+        b"{}",
+        json.dumps({**json.loads(good.model_dump_json()), "confidence": 1.5}),
+    ]
+    for bad in bad_inputs:
         with pytest.raises(MalformedMessageError):
             parse_message(bad)
     with pytest.raises(MalformedMessageError, match="direction"):
@@ -199,7 +204,7 @@ def test_redis_bus_publishes_in_order(redis_client: redis.Redis) -> None:
         for i, (ch, payload) in enumerate([("signals", "1"), ("signals", "2"), ("other", "x")])
     ]
     RedisBus(redis_client, "test:stream").publish_once(items)
-    got = []
+    got: list[bytes] = []
     while len(got) < 2:
         message = pubsub.get_message(timeout=5)
         assert message is not None

@@ -13,7 +13,7 @@ from core.settings import Settings
 from ml.features import FEATURE_SPEC, FeatureSpecMismatchError, LiveBatch
 from ml.predictor import Predictor, select_device
 from ml.registry import Registry
-from tests.unit.test_model_common import make_registry
+from tests.support.model_fixtures import make_registry
 
 
 def _settings(tmp_path: Path, **model: object) -> Settings:
@@ -93,19 +93,68 @@ def test_refresh_follows_a_promotion_and_a_rollback(registry: Registry, tmp_path
     np.testing.assert_array_equal(predictor.predict(x), before)
 
 
-def test_unavailable_device_is_a_config_error() -> None:
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="cuda"):
-            select_device("cuda")
-        assert select_device("auto") == torch.device("cpu")
+def test_cuda_without_a_device_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    with pytest.raises(ConfigError, match="cuda"):
+        select_device("cuda")
+    assert select_device("auto") == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+
+
+def test_auto_device_is_cuda_exactly_when_available() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device("auto").type == expected
+
+
+def _input_devices(model: torch.nn.Module) -> tuple[list[torch.device], torch.utils.hooks.RemovableHandle]:
+    """The device of every input the model's forward pass receives, from now on."""
+    seen: list[torch.device] = []
+
+    def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0].device)
+
+    return seen, model.register_forward_pre_hook(record)
+
+
+def test_cpu_predictor_runs_on_the_cpu(registry: Registry, tmp_path: Path) -> None:
+    predictor = Predictor.load(registry, "champion", _settings(tmp_path))
+    assert predictor.device == torch.device("cpu")
+    model = predictor.loaded.model
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    seen, hook = _input_devices(model)
+    x = np.random.default_rng(3).normal(size=(4, 96, 240)).astype(np.float32)
+    try:
+        out = predictor.predict(x)
+    finally:
+        hook.remove()
+    assert [d.type for d in seen] == ["cpu"]
+    assert out.shape == (4, 20)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_outputs_match_cpu(registry: Registry, tmp_path: Path) -> None:
+def test_cuda_outputs_match_cpu(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plain float32 on the GPU: TF32 matmuls/convolutions would only agree to ~1e-3.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cpu = Predictor.load(registry, "champion", _settings(tmp_path))
     gpu = Predictor.load(registry, "champion", _settings(tmp_path, device="cuda"))
     assert gpu.device.type == "cuda"
+    assert cpu.version == gpu.version
+    model = gpu.loaded.model
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert {p.device.type for p in cpu.loaded.model.parameters()} == {"cpu"}  # a copy of its own
     x = np.random.default_rng(3).normal(size=(64, 96, 240)).astype(np.float32)
-    # TF32 may be enabled for matmuls on Ampere and later: float32 agreement to ~1e-3.
-    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=2e-3, atol=2e-3)
+    seen, hook = _input_devices(model)
+    try:
+        on_gpu = gpu.predict(x)
+    finally:
+        hook.remove()
+    assert [d.type for d in seen] == ["cuda"]  # the batch itself went to the GPU
+    on_cpu = cpu.predict(x)
+    assert on_gpu.dtype == np.float32
+    assert on_gpu.shape == on_cpu.shape == (64, 20)
+    # Different kernels and summation orders: equal up to float32 rounding through the network.
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 
 from core.settings import Settings
 from ml.predictor import Predictor
-from tests.unit.test_model_common import make_registry
+from tests.support.model_fixtures import make_registry
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

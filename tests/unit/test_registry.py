@@ -13,7 +13,7 @@ import torch
 
 from ml.features import FEATURE_SPEC, FeatureSpec, FeatureSpecMismatchError
 from ml.registry import FILES, MANIFEST, ModelIntegrityError, Registry, RegistryError
-from tests.unit.test_model_common import make_registry, random_model
+from tests.support.model_fixtures import make_registry, random_model
 
 
 def _resign(registry: Registry, version: str) -> None:

@@ -47,7 +47,8 @@ def cross_sectional_ic(signal: np.ndarray, outcome: np.ndarray) -> np.ndarray:
     b = ranks(outcome)
     a -= a.mean(axis=1, keepdims=True)
     b -= b.mean(axis=1, keepdims=True)
-    return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    ic: np.ndarray = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return ic
 
 
 def momentum_ic(market: SimulatedMarket, n_symbols: int = 30, days: int = 7) -> tuple[np.ndarray, np.ndarray]:

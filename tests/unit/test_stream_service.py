@@ -51,7 +51,8 @@ class ScriptedFeed:
         self.delivered = threading.Event()
         self.connections = 0
 
-    async def run(self, symbols: Sequence[str], sink: UpdateSink) -> None:
+    async def run(self, _symbols: Sequence[str], sink: UpdateSink) -> None:
+        # KlineFeed.run's signature; the script plays whatever it was given, for any symbols.
         self.loop = asyncio.get_running_loop()
         self.queue = asyncio.Queue()
         self.connections += 1
@@ -160,6 +161,7 @@ def test_confirmed_candles_are_written_once_and_move_the_watermark(
     assert marks.get("scripted", SYMBOLS) == dict.fromkeys(SYMBOLS, END)
     assert (svc.stats.unconfirmed, svc.stats.duplicates, svc.stats.written) == (3, 6, 3)
     assert marks.minutes[-1] == ("scripted", END, 3)
+    assert marks.lagging[("scripted", END)] == ()
     assert svc.stats.minute_latency_s[END] == pytest.approx(0.2)
 
 
@@ -234,6 +236,7 @@ def test_a_symbol_the_stream_stops_sending_is_kept_current_over_rest(
         svc.flush(minute(source, END + k * MINUTE_MS, SYMBOLS[:2]))
     # Minute announcements do not wait for the stopped symbol.
     assert marks.minutes[-1][1:] == (END + 2 * MINUTE_MS, 2)
+    assert marks.lagging[("scripted", END + 2 * MINUTE_MS)] == (SYMBOLS[2],)
     clock.ms = END + 3 * MINUTE_MS + 2500  # past the grace of the next minute
     svc.flush()
     assert marks.get("scripted", SYMBOLS)[SYMBOLS[2]] == END + 2 * MINUTE_MS
@@ -263,7 +266,7 @@ def test_a_database_failure_keeps_the_candles_for_the_next_flush(
     clock.ms = END + MINUTE_MS
     original = store.write
 
-    def broken(*args: object, **kwargs: object) -> int:
+    def broken(*_args: object, **_kwargs: object) -> int:
         raise ConnectionError("database restarting")
 
     monkeypatch.setattr(store, "write", broken)

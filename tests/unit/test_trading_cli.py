@@ -26,7 +26,8 @@ def trader(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Trader:
     return t
 
 
-def test_status_shows_balance_positions_orders_and_limits(trader: Trader) -> None:
+@pytest.mark.usefixtures("trader")
+def test_status_shows_balance_positions_orders_and_limits() -> None:
     result = runner.invoke(app, ["trading", "status"])
     assert result.exit_code == 0, result.output
     out = result.output
@@ -44,7 +45,8 @@ def test_status_shows_balance_positions_orders_and_limits(trader: Trader) -> Non
     assert "unrealised PnL" in out
 
 
-def test_history_with_limit_and_symbol(trader: Trader) -> None:
+@pytest.mark.usefixtures("trader")
+def test_history_with_limit_and_symbol() -> None:
     result = runner.invoke(app, ["trading", "history"])
     assert result.exit_code == 0, result.output
     assert "min_confidence: confidence 0.500 below 0.600" in result.output

@@ -261,9 +261,7 @@ def test_an_opposite_signal_closes_with_a_reduce_only_order(
     assert (old.status, old.exit_reason, new.side) == ("closed", "opposite_signal", "short")
 
 
-def test_reconcile_on_start_adopts_and_closes_positions(
-    server: FakeExchangeServer, sqlite_url: str, trader: Trader
-) -> None:
+def test_reconcile_on_start_adopts_and_closes_positions(server: FakeExchangeServer, trader: Trader) -> None:
     trader.execute(at_market(server, BTC, 0))  # open long here and on the exchange
     held = positions(trader)[0].qty
     # Behind the service's back: BTC closed by hand, ETH opened by hand.
@@ -358,7 +356,7 @@ def test_keys_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert API_KEY not in repr(settings)
 
 
-def test_resting_orders_are_found_open_then_cancelled(trader: Trader, server: FakeExchangeServer) -> None:
+def test_resting_orders_are_found_open_then_cancelled(trader: Trader) -> None:
     """Look-ups by client order id see open orders (realtime) and closed ones (history)."""
     broker = trader.broker
     assert broker is not None

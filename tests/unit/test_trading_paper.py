@@ -102,7 +102,8 @@ def test_stop_loss_on_the_fill_candle_and_stop_first_when_both_hit(sqlite_url: s
     assert (report.fills, report.exits) == (1, {"stop_loss": 1})
     [pos] = positions(trader)
     exit_price = 98 * 0.999
-    assert (pos.exit_reason, pos.exit_price) == ("stop_loss", pytest.approx(exit_price))
+    assert pos.exit_reason == "stop_loss"
+    assert pos.exit_price == pytest.approx(exit_price)
     gross = (exit_price - FILL) * QTY
     exit_fee = exit_price * QTY * 0.001
     assert pos.realised_pnl == pytest.approx(gross - ENTRY_FEE - exit_fee)

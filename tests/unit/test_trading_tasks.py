@@ -21,7 +21,7 @@ class StubTrader:
         self.error = error
         self.reconciled = 0
 
-    def execute(self, message: Any) -> Any:
+    def execute(self, _message: Any) -> Any:
         if self.error is not None:
             raise self.error
         return SimpleNamespace(to_json=lambda: {"status": "submitted"})
@@ -53,7 +53,7 @@ def push_worker_request(task: Any, doc: dict[str, Any], retries: int) -> None:
 def run_as_worker(monkeypatch: pytest.MonkeyPatch, *, raises: type[BaseException]) -> list[Signature]:
     """Run ``execute`` once as a worker would (first delivery); returns the retry messages sent."""
     sent: list[Signature] = []
-    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *_a, **_kw: sent.append(sig))
     doc = intent().model_dump(mode="json")
     push_worker_request(orders.execute, doc, 0)
     try:
@@ -71,7 +71,7 @@ def test_a_temporary_failure_is_retried_by_celery_with_backoff_and_no_expiry(
     monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(trader))
     sent: list[Signature] = []
     # Celery's own autoretry builds the retry message; only sending it is replaced.
-    monkeypatch.setattr(Signature, "apply_async", lambda sig, *a, **kw: sent.append(sig))
+    monkeypatch.setattr(Signature, "apply_async", lambda sig, *_a, **_kw: sent.append(sig))
     task = orders.execute
     assert task.max_retries == get_settings().trading.max_retries
     doc = intent().model_dump(mode="json")
@@ -87,7 +87,7 @@ def test_a_temporary_failure_is_retried_by_celery_with_backoff_and_no_expiry(
         options = sent[-1].options
         assert options["expires"] is None  # an order in doubt is reconciled even after its minute
         assert options["retries"] == retries + 1
-        cap = min(orders.MAX_RETRY_DELAY_S, task.retry_backoff * 2**retries)
+        cap = min(orders.MAX_RETRY_DELAY_S, task.retry_backoff * 2**retries)  # type: ignore[attr-defined]
         assert 0 <= options["countdown"] <= cap  # exponential, full jitter
         countdowns.setdefault(retries, []).append(options["countdown"])
     assert len(set(countdowns[4])) > 1  # jittered, not one fixed delay

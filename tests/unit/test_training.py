@@ -17,7 +17,7 @@ from ml.losses import TargetStats, fit_log_temperature, loss_terms, target_stats
 from ml.predictor import Predictor
 from ml.registry import Registry
 from ml.training import TrainingRecipe, fit
-from tests.unit.test_features_common import START_MS
+from tests.support.feature_fixtures import START_MS
 
 TINY = TrainingRecipe(
     days=12,

@@ -6,21 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.dataset import DatasetSpec, build_dataset
+from ml.dataset import Dataset, DatasetSpec, build_dataset
 from ml.model import ModelConfig
 from ml.teacher import fit_teacher, window_features
-from tests.unit.test_features_common import candles
+from tests.support.feature_fixtures import candles
 
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT"]
 
 
 @pytest.fixture(scope="module")
-def ds():  # type: ignore[no-untyped-def]
+def ds() -> Dataset:
     spec = DatasetSpec(train_fraction=0.5, val_fraction=0.25)
     return build_dataset({s: candles(s, 10) for s in SYMBOLS}, ModelConfig(), spec)
 
 
-def test_window_features_equal_revin_of_the_window(ds) -> None:  # type: ignore[no-untyped-def]
+def test_window_features_equal_revin_of_the_window(ds: Dataset) -> None:
     idx = ds.indices("train")[::37]
     w = ds.windows(idx).astype(np.float64)
     mean, var = w.mean(axis=1), w.var(axis=1)
@@ -30,7 +30,7 @@ def test_window_features_equal_revin_of_the_window(ds) -> None:  # type: ignore[
     np.testing.assert_allclose(stats[:, 240:], 0.5 * np.log(var + 1e-5), rtol=0, atol=1e-7)
 
 
-def test_teacher_recovers_a_planted_linear_signal(ds) -> None:  # type: ignore[no-untyped-def]
+def test_teacher_recovers_a_planted_linear_signal(ds: Dataset) -> None:
     idx = ds.indices("train")
     z, _ = window_features(ds, idx, 1e-5)
     rng = np.random.default_rng(0)

@@ -52,7 +52,7 @@ def test_empty_batch_is_not_an_error() -> None:
 
 def test_off_grid_timestamp() -> None:
     frame = candles()
-    frame.loc[2, "open_time"] += 1_000
+    frame.loc[[2], "open_time"] += 1_000
     assert rule_of(frame) == "off_grid"
 
 

@@ -38,14 +38,16 @@ def ru(ctx: Ctx, *, w: int) -> Array:
 def mdd(ctx: Ctx, *, w: int) -> Array:
     """Largest peak-to-trough log fall inside the last ``w`` closes (<= 0)."""
     view = ctx.win(ctx.lc, w)
-    return (view - np.maximum.accumulate(view, axis=-1)).min(axis=-1)
+    fall: Array = (view - np.maximum.accumulate(view, axis=-1)).min(axis=-1)
+    return fall
 
 
 @KINDS.register
 def mru(ctx: Ctx, *, w: int) -> Array:
     """Largest trough-to-peak log rise inside the last ``w`` closes (>= 0)."""
     view = ctx.win(ctx.lc, w)
-    return (view - np.minimum.accumulate(view, axis=-1)).max(axis=-1)
+    rise: Array = (view - np.minimum.accumulate(view, axis=-1)).max(axis=-1)
+    return rise
 
 
 def _since(ctx: Ctx, x: Array, w: int, high: bool) -> Array:

@@ -44,7 +44,8 @@ def _rs_term(ctx: Ctx) -> Array:
     def make() -> Array:
         lh, ll = np.log(ctx.h), np.log(ctx.l)
         lo, lc = np.log(ctx.o), ctx.lc
-        return (lh - lc) * (lh - lo) + (ll - lc) * (ll - lo)
+        term: Array = (lh - lc) * (lh - lo) + (ll - lc) * (ll - lo)
+        return term
 
     return ctx.memo("rs", make)
 

@@ -294,8 +294,12 @@ def _kst(ctx: Ctx, roc: tuple[int, ...], sma: tuple[int, ...], start: int) -> Ar
 
 
 @KINDS.register
-def kst(ctx: Ctx, *, roc: tuple[int, ...], sma: tuple[int, ...], signal: int) -> Array:
-    """Know Sure Thing (fractions, not percent): weighted sum of smoothed rates of change."""
+def kst(ctx: Ctx, *, roc: tuple[int, ...], sma: tuple[int, ...], signal: int) -> Array:  # noqa: ARG001
+    """Know Sure Thing (fractions, not percent): weighted sum of smoothed rates of change.
+
+    ``signal`` belongs to the family's parameters (the spec gives kst and kst_diff one set, and the
+    engine passes a feature's parameters by keyword, so they are part of its hash); only kst_diff
+    uses it."""
     return _kst(ctx, tuple(roc), tuple(sma), ctx.s)
 
 

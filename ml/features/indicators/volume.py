@@ -74,9 +74,19 @@ def _pvo_line(ctx: Ctx, fast: int, slow: int, taps_fast: int, taps_slow: int, st
 
 @KINDS.register
 def pvo(
-    ctx: Ctx, *, fast: int, slow: int, signal: int, taps_fast: int, taps_slow: int, taps_signal: int
+    ctx: Ctx,
+    *,
+    fast: int,
+    slow: int,
+    signal: int,  # noqa: ARG001 - see the docstring
+    taps_fast: int,
+    taps_slow: int,
+    taps_signal: int,  # noqa: ARG001 - see the docstring
 ) -> Array:
-    """Percentage volume oscillator as a fraction: (EMA fast - EMA slow) / EMA slow of volume."""
+    """Percentage volume oscillator as a fraction: (EMA fast - EMA slow) / EMA slow of volume.
+
+    The signal parameters belong to the family's one parameter set (passed by keyword and hashed
+    into the spec); only pvo_signal and pvo_hist use them."""
     return _pvo_line(ctx, fast, slow, taps_fast, taps_slow, ctx.s)
 
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the model, registry, predictor and CLI tests (no tests here)."""
+"""Seeded random models, scalers and registries for the model, registry, predictor and CLI tests."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def random_model(seed: int = 0, temperature: float = 1.3) -> UnifiedPatchTST:
     torch.manual_seed(seed)
     model = build_model(ModelConfig())
     for head in (model.returns_head, model.direction_head, model.risk_head):
-        torch.nn.init.normal_(head[-1].weight, std=0.2)
+        last = head[-1]
+        assert isinstance(last, torch.nn.Linear)
+        torch.nn.init.normal_(last.weight, std=0.2)
     with torch.no_grad():
         model.log_temperature.fill_(float(np.log(temperature)))
     return model.eval()

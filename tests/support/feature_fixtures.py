@@ -1,7 +1,5 @@
-"""Shared data for the feature tests: simulated anchored bars and the real OHLCV files of ``backtesting``.
-
-(No tests here; the name only keeps it next to the modules that import it.)
-"""
+"""Data for the feature, dataset and training tests: simulated candles and anchored bars, the real
+OHLCV files of ``backtesting``, and a NaN-aware float comparison."""
 
 from __future__ import annotations
 
