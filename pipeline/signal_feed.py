@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import redis
+import tenacity
 
 from core.errors import TemporaryError
 from core.logging import get_logger
@@ -97,6 +98,28 @@ def _is_nogroup(exc: redis.ResponseError) -> bool:
     # NOGROUP: the key or the group is gone; UNBLOCKED: the key was deleted under a blocked read.
     text = str(exc)
     return text.startswith("NOGROUP") or text.startswith("UNBLOCKED")
+
+
+def _is_nogroup_error(exc: BaseException) -> bool:
+    return isinstance(exc, redis.ResponseError) and _is_nogroup(exc)
+
+
+def _recoverable(exc: BaseException) -> bool:
+    """A lost connection or a vanished group is waited out; any other error is the caller's."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or _is_nogroup_error(exc)
+
+
+def _failure(state: tenacity.RetryCallState) -> BaseException:
+    assert state.outcome is not None
+    exc = state.outcome.exception()
+    assert exc is not None
+    return exc
+
+
+def _problem(exc: BaseException) -> str:
+    if _is_nogroup_error(exc):
+        return f"consumer group gone ({exc}): creating it again"
+    return f"redis unreachable: {exc}"
 
 
 class DurableFeed:
@@ -228,26 +251,43 @@ class DurableFeed:
         return items
 
     def _retrying(self, op: Callable[[], T]) -> T:
-        failures = 0
-        while True:
-            try:
-                return op()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                problem: str = f"redis unreachable: {exc}"
-            except redis.ResponseError as exc:
-                if not _is_nogroup(exc):
-                    raise
-                problem = f"consumer group gone ({exc}): creating it again"
-                self._claim_cursor = "0-0"
-            failures += 1
-            if self.max_retries is not None and failures > self.max_retries:
-                raise FeedUnavailableError(f"durable feed {self.stream}: {problem}")
-            # Whatever happened, check the group again; a read whose reply was lost is pending on us.
-            self._group_ready = False
-            self._own_cursor = "0"
-            # A vanished group is created again at once; a lost connection waits, longer each time.
-            nogroup = failures == 1 and problem.startswith("consumer group")
-            delay = 0.0 if nogroup else min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1))
-            log.warning("durable feed retrying", stream=self.stream, problem=problem, retry_in_s=delay)
-            if delay:
-                self._sleep(delay)
+        """Run ``op`` until it succeeds: a lost connection waits longer each time (tenacity's
+        exponential wait, capped); a vanished group is created again at once."""
+        stop: tenacity.stop.stop_base = (
+            tenacity.stop_never
+            if self.max_retries is None
+            else tenacity.stop_after_attempt(self.max_retries + 1)
+        )
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_recoverable),
+            wait=self._wait,
+            stop=stop,
+            sleep=self._pause,
+            before_sleep=self._before_retry,
+            retry_error_callback=self._give_up,
+        )
+        return retrying(op)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        if state.attempt_number == 1 and _is_nogroup_error(_failure(state)):
+            return 0.0
+        backoff = tenacity.wait_exponential(multiplier=self.backoff_s, exp_base=2, max=self.max_backoff_s)
+        return float(backoff(state))
+
+    def _pause(self, seconds: float) -> None:
+        if seconds:
+            self._sleep(seconds)
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = _failure(state)
+        if _is_nogroup_error(exc):
+            self._claim_cursor = "0-0"
+        # Whatever happened, check the group again; a read whose reply was lost is pending on us.
+        self._group_ready = False
+        self._own_cursor = "0"
+        delay = state.upcoming_sleep
+        log.warning("durable feed retrying", stream=self.stream, problem=_problem(exc), retry_in_s=delay)
+
+    def _give_up(self, state: tenacity.RetryCallState) -> Any:
+        exc = _failure(state)
+        raise FeedUnavailableError(f"durable feed {self.stream}: {_problem(exc)}") from exc
