@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TypedDict
 
 from core.settings import get_settings
-from core.timegrid import iso_minute
 from pipeline.clock import minute_dt
 from pipeline.errors import TRANSIENT_ERRORS
 
 # Re-exported for the task modules, benchmarks and tests: they live in ``pipeline``.
-__all__ = ["MINUTE_RETRY", "TRANSIENT_ERRORS", "RetryOptions", "minute_dt", "now_iso_minute"]
+__all__ = ["MINUTE_RETRY", "TRANSIENT_ERRORS", "RetryOptions", "minute_dt"]
 
 
 class RetryOptions(TypedDict):
@@ -34,8 +32,3 @@ MINUTE_RETRY = RetryOptions(
     retry_backoff_max=4,
     retry_jitter=True,
 )
-
-
-def now_iso_minute(now: datetime | None = None) -> str:
-    current = now or datetime.now(UTC)
-    return iso_minute(int(current.timestamp() * 1000))

@@ -8,8 +8,8 @@ from celery import Task
 
 from core.logging import get_logger
 from core.settings import get_settings
-from core.timegrid import parse_minute
-from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS, now_iso_minute
+from core.timegrid import floor_minute, now_ms, parse_minute
+from tasks.common import MINUTE_RETRY, TRANSIENT_ERRORS
 from trading.intents import OrderIntentMessage
 from worker.app import app
 from worker.runtime import get_runtime
@@ -74,5 +74,5 @@ def execute(self: Task[Any, Any], intent: dict[str, Any]) -> dict[str, Any]:
 def tick(minute: str | None = None) -> dict[str, Any]:
     """Paper: fill pending orders and check stops on the candles closed before ``minute``;
     live: reconcile orders, positions and cash with the exchange."""
-    report = get_runtime().trader().tick(parse_minute(minute or now_iso_minute()))
+    report = get_runtime().trader().tick(parse_minute(minute) if minute else floor_minute(now_ms()))
     return report.to_json()

@@ -26,6 +26,9 @@ class StubTrader:
             raise self.error
         return SimpleNamespace(to_json=lambda: {"status": "submitted"})
 
+    def tick(self, minute_ms: int) -> Any:
+        return SimpleNamespace(to_json=lambda: {"minute_ms": minute_ms})
+
     def reconcile(self) -> dict[str, int]:
         self.reconciled += 1
         if self.error is not None:
@@ -110,6 +113,14 @@ def test_a_permanent_failure_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> 
 def test_the_task_returns_the_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(StubTrader()))
     assert orders.execute(intent().model_dump(mode="json")) == {"status": "submitted"}
+
+
+def test_tick_without_a_minute_steps_to_the_current_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``celery call tasks.orders.tick`` with no argument: the current minute, on the minute grid."""
+    monkeypatch.setattr(orders, "now_ms", lambda: 1_764_000_000_000 + 27_345)  # 27.345 s into a minute
+    monkeypatch.setattr(orders, "get_runtime", lambda: runtime_with(StubTrader()))
+    assert orders.tick() == {"minute_ms": 1_764_000_000_000}
+    assert orders.tick("2025-11-24T16:00:00Z") == {"minute_ms": 1_764_000_000_000}
 
 
 def orders_worker() -> Any:
