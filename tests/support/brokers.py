@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -96,17 +97,17 @@ def _send_shutdown(port: int) -> None:
             pass
 
 
-class _PrivateServer:
+class _PrivateServer(ABC):
     """What both private servers share: a restart is a stop (``hard``: SIGKILL) and a start."""
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
-    def kill(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def kill(self) -> None: ...
 
     def restart(self, down_s: float = 0.0, *, hard: bool = False) -> None:
         """Stop (``hard``: SIGKILL), stay down ``down_s`` seconds, start again."""

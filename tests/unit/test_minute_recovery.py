@@ -20,7 +20,6 @@ from pipeline.bus import BusItem, MemoryBus, RedisBus
 from pipeline.ledger import DONE, FAILED, INFERENCE, MISSED, RUNNING, RunLedger
 from pipeline.messages import HeartbeatMessage, parse_message
 from pipeline.ports import DispatchedChord
-from tests.conftest import REDIS_URL
 from worker.embedded import build_embedded
 from worker.runtime import Runtime
 
@@ -207,9 +206,8 @@ def test_memory_bus_sends_each_item_once() -> None:
 
 
 @pytest.mark.integration
-def test_redis_bus_appends_to_the_stream_and_publishes_once() -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+def test_redis_bus_appends_to_the_stream_and_publishes_once(clean_redis: redis.Redis) -> None:
+    client = clean_redis
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("sig")
     assert pubsub.get_message(timeout=1) is None
@@ -227,9 +225,8 @@ def test_redis_bus_appends_to_the_stream_and_publishes_once() -> None:
 
 
 @pytest.mark.integration
-def test_redis_bus_trims_the_stream_to_about_maxlen() -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+def test_redis_bus_trims_the_stream_to_about_maxlen(clean_redis: redis.Redis) -> None:
+    client = clean_redis
     bus = RedisBus(client, "test:stream", maxlen=1000)
     for batch in range(5):
         bus.publish_once([BusItem(f"s:{batch}:{i}", "signal", str(i), "{}", ()) for i in range(1000)])

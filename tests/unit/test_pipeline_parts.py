@@ -29,13 +29,6 @@ from trading.intents import client_order_id
 MINUTE = datetime(2026, 11, 24, 10, 31, tzinfo=UTC)
 
 
-@pytest.fixture
-def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    return client
-
-
 def signal_row(symbol: str, direction: str = "LONG", version: str = "v1") -> dict[str, object]:
     return {
         "symbol": symbol,
@@ -68,7 +61,7 @@ def prediction_row(symbol: str, version: str = "v1") -> dict[str, object]:
 @pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.integration)])
 def test_window_store_round_trip_and_missing_keys(kind: str, request: pytest.FixtureRequest) -> None:
     store = (
-        MemoryWindowStore() if kind == "memory" else RedisWindowStore(request.getfixturevalue("redis_client"))
+        MemoryWindowStore() if kind == "memory" else RedisWindowStore(request.getfixturevalue("clean_redis"))
     )
     window = np.random.default_rng(0).normal(size=(96, 240)).astype(np.float32)
     store.put_many({window_key("run", "A"): window}, ttl_seconds=30)
@@ -87,9 +80,9 @@ def test_memory_window_store_expires() -> None:
 
 
 @pytest.mark.integration
-def test_redis_window_keys_carry_a_ttl(redis_client: redis.Redis) -> None:
-    RedisWindowStore(redis_client).put_many({"k": np.zeros((2, 2), dtype=np.float32)}, ttl_seconds=30)
-    assert 0 < redis_client.ttl("k") <= 30
+def test_redis_window_keys_carry_a_ttl(clean_redis: redis.Redis) -> None:
+    RedisWindowStore(clean_redis).put_many({"k": np.zeros((2, 2), dtype=np.float32)}, ttl_seconds=30)
+    assert 0 < clean_redis.ttl("k") <= 30
 
 
 def test_minute_lock_is_taken_once() -> None:
@@ -100,8 +93,8 @@ def test_minute_lock_is_taken_once() -> None:
 
 
 @pytest.mark.integration
-def test_redis_minute_lock_is_taken_once(redis_client: redis.Redis) -> None:
-    lock = RedisMinuteLock(redis_client)
+def test_redis_minute_lock_is_taken_once(clean_redis: redis.Redis) -> None:
+    lock = RedisMinuteLock(clean_redis)
     assert lock.acquire("2026-11-24T10:31:00Z", 60)
     assert not RedisMinuteLock(redis.Redis.from_url(REDIS_URL)).acquire("2026-11-24T10:31:00Z", 60)
 
@@ -195,15 +188,15 @@ def test_messages_validate_and_reject_malformed_input() -> None:
 
 
 @pytest.mark.integration
-def test_redis_bus_publishes_in_order(redis_client: redis.Redis) -> None:
-    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+def test_redis_bus_publishes_in_order(clean_redis: redis.Redis) -> None:
+    pubsub = clean_redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("signals")
     assert pubsub.get_message(timeout=1) is None  # drains the subscribe confirmation
     items = [
         BusItem(f"t{i}", "signal", str(i), payload, (ch,))
         for i, (ch, payload) in enumerate([("signals", "1"), ("signals", "2"), ("other", "x")])
     ]
-    RedisBus(redis_client, "test:stream").publish_once(items)
+    RedisBus(clean_redis, "test:stream").publish_once(items)
     got: list[bytes] = []
     while len(got) < 2:
         message = pubsub.get_message(timeout=5)
