@@ -75,10 +75,10 @@ lock: $(STAMP)
 	grep -q '^torch==.*+cpu' requirements-torch.txt
 
 # The embedded minute pipeline until Ctrl-C (MINUTES=N stops after N minutes). The first run
-# backfills 42 days of simulated history and trains the champion (a few minutes on 2 cores).
-# The threshold is the simulator's: its champion is rarely 60 % sure of anything (docs/SIGNALS.md).
+# trains a quick model on simulated history (about two minutes on 2 cores), then the full recipe
+# in a background process, which replaces the quick model only if it beats it (ml/background.py;
+# --no-background-training turns it off). Signals use the settings' defaults (docs/SIGNALS.md).
 run: $(STAMP)
-	MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD=$${MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD:-0.45} \
 	$(BIN)/mlsignals run --minutes $(or $(MINUTES),0)
 
 services:

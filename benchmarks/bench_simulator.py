@@ -1,5 +1,7 @@
 """Throughput of the market simulator: ``python benchmarks/bench_simulator.py [--symbols 50 --days 7]``.
 
+``--effect momentum`` measures the older momentum market instead of the default switching one.
+
 "Cold" uses a fresh ``SimulatedMarket`` (empty caches, as in a new worker process); "warm" repeats
 the same requests on the same instance, where only the market-wide per-day structure is cached and
 every symbol-day is still generated from scratch.
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from core.timegrid import MINUTE_MS, parse_minute
-from data.sources.simulator import SimulatedMarket
+from data.sources.simulator import EFFECTS, Effect, SimulatedMarket
 
 START = parse_minute("2024-01-01T00:00:00Z")
 
@@ -39,7 +41,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--minutes", type=int, default=5000, help="range of the single-symbol case")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--effect", choices=EFFECTS, default="switching")
     args = parser.parse_args()
+    effect: Effect = args.effect
+
+    def fresh() -> SimulatedMarket:
+        return SimulatedMarket(effect=effect)
 
     end = START + args.days * 1440 * MINUTE_MS
 
@@ -49,15 +56,16 @@ def main() -> None:
     def one(market: SimulatedMarket, symbol: str) -> int:
         return len(market.fetch(symbol, START, START + args.minutes * MINUTE_MS))
 
+    print(f"effect={effect}")
     label = f"{args.symbols} symbols x {args.days} days"
-    report(f"{label}, cold", *timed(lambda: panel(SimulatedMarket()), args.repeat))
-    warm = SimulatedMarket()
+    report(f"{label}, cold", *timed(lambda: panel(fresh()), args.repeat))
+    warm = fresh()
     panel(warm)
     report(f"{label}, warm", *timed(lambda: panel(warm), args.repeat))
 
     label = f"1 symbol x {args.minutes} minutes"
-    report(f"{label}, cold", *timed(lambda: one(SimulatedMarket(), "SIM0123/USDT:USDT"), args.repeat * 4))
-    warm = SimulatedMarket()
+    report(f"{label}, cold", *timed(lambda: one(fresh(), "SIM0123/USDT:USDT"), args.repeat * 4))
+    warm = fresh()
     one(warm, "BTC/USDT:USDT")
     report(f"{label}, warm (other symbol)", *timed(lambda: one(warm, "SIM0123/USDT:USDT"), args.repeat * 4))
 

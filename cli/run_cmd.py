@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,11 @@ from core.errors import MLSignalsError
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms, parse_minute
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from core.settings import Settings
+    from ml.background import BackgroundTraining
+    from ml.bootstrap import BootstrapResult
     from pipeline.messages import HeartbeatMessage, SignalMessage
     from worker.runtime import Runtime
 
@@ -89,6 +94,63 @@ def ensure_alive(rt: Runtime) -> None:
         raise MLSignalsError(f"embedded pipeline stopped: {problem}; restart `mlsignals run`")
 
 
+def first_run_line(result: BootstrapResult, primary_horizon: int) -> str | None:
+    """What the first-run training gave, or None when a champion was already there."""
+    if not result.trained or result.outcome is None:
+        return None
+    from ml.background import held_out_ic, recipe_name
+
+    outcome = result.outcome
+    recipe = outcome.training.get("recipe") or {}
+    test = outcome.metrics.get("test") or {}
+    ic = held_out_ic(test, primary_horizon)
+    quality = ""
+    if ic is not None:
+        bars = test["horizons"][primary_horizon].get("horizon_bars", "?")
+        quality = f", held-out IC per time at {bars} bars {ic:+.4f}"
+    return (
+        f"first run: champion {result.version} trained with the {recipe_name(outcome.training)} recipe "
+        f"in {result.seconds:.0f} s ({recipe.get('days', '?')} days, {recipe.get('epochs', '?')} "
+        f"epochs{quality})"
+    )
+
+
+def start_background(s: Settings, enabled: bool, out: Console) -> BackgroundTraining | None:
+    """Start the full recipe's training when the champion is the quick first-run model (and no
+    full-recipe version exists yet); says what it does either way."""
+    from ml import background
+    from ml.jobs import registry_for
+
+    recipe = background.BACKGROUND_RECIPE
+    quick = background.upgrade_needed(registry_for(s), recipe)
+    if quick is None:
+        return None
+    if not enabled:
+        out.print(
+            f"the champion {quick} is the quick first-run model; background training of the full "
+            "recipe is off (--no-background-training)",
+            highlight=False,
+        )
+        return None
+    job = background.BackgroundTraining.start(s, recipe, target=background.BACKGROUND_TARGET)
+    out.print(
+        f"background training started (pid {job.pid}, nice +{background.NICE}, log {job.log_path}): "
+        f"the full recipe, promoted if it beats the quick model {quick} on the same held-out samples; "
+        "the quick model serves meanwhile",
+        highlight=False,
+    )
+    return job
+
+
+def background_lines(job: BackgroundTraining | None) -> list[str]:
+    if job is None:
+        return []
+    return [
+        f"background: {e.text}" if e.kind == "note" else f"background training {e.kind}: {e.text}"
+        for e in job.poll()
+    ]
+
+
 @clean_errors
 def run(
     minutes: int = typer.Option(
@@ -101,17 +163,27 @@ def run(
     symbols: int | None = typer.Option(
         None, "--symbols", min=1, help="Use the first N symbols of the universe."
     ),
+    background_training: bool = typer.Option(
+        True,
+        "--background-training/--no-background-training",
+        help="When the champion is the quick first-run model, train the full recipe in a background "
+        "process and promote it if it is better.",
+    ),
 ) -> None:
-    """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default."""
-    from rich.live import Live
+    """Run the minute pipeline embedded: in-process broker, SQLite and the simulator by default.
 
+    Without a champion, the first run trains a quick model first (a few minutes), then the full
+    recipe in the background while the minutes run."""
     from ml.bootstrap import ensure_champion, ensure_live_history
-    from worker.embedded import embedded_runtime
+    from ml.training import QUICK_RECIPE
 
     s = settings()
     if symbols:
         s.data.universe_size = symbols
-    ensure_champion(s, console=console)
+    result = ensure_champion(s, recipe=QUICK_RECIPE, console=console)
+    trained = first_run_line(result, s.decoding.primary_horizon)
+    if trained is not None:
+        console.print(trained, highlight=False)
     history = ensure_live_history(s)
     if history.failed:
         names = ", ".join(sorted(history.failed))
@@ -123,7 +195,19 @@ def run(
         first = parse_minute(start) if start else floor_minute(now_ms()) - count * MINUTE_MS
         _replay(s, first, count)
         return
-    with embedded_runtime(s, beat=True, stream=True) as rt:
+    _live(s, minutes, background_training)
+
+
+def _live(s: Settings, minutes: int, background_training: bool) -> None:
+    """The live minutes until MINUTES have run (0: until Ctrl-C), with the background training's
+    news printed as it comes."""
+    from rich.live import Live
+
+    from pipeline.ledger import SKIPPED_LATE
+    from worker.embedded import embedded_runtime
+
+    with contextlib.ExitStack() as stack:
+        rt = stack.enter_context(embedded_runtime(s, beat=True, stream=True))
         inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
         board = SignalBoard()
         done = 0
@@ -133,9 +217,16 @@ def run(
             "the first minute starts at the next minute boundary",
             highlight=False,
         )
+        # Entered after the runtime: stopped (terminated and waited for) before the runtime stops.
+        job = start_background(s, background_training, console)
+        if job is not None:
+            stack.enter_context(job)
+        model: str | None = None
         with Live(board.table(), console=console, refresh_per_second=2, transient=False) as live:
             try:
                 while not minutes or done < minutes:
+                    for line in background_lines(job):
+                        live.console.print(line, highlight=False)
                     try:
                         _channel, raw = inbox.get(timeout=0.5)
                     except queue.Empty:
@@ -151,12 +242,27 @@ def run(
                         if missed:
                             live.console.print(missed_line(missed), highlight=False)
                             missed.clear()
+                        if beat.model_version and beat.model_version != model:
+                            if model is not None:
+                                live.console.print(
+                                    f"model {beat.model_version} serves from this minute on", highlight=False
+                                )
+                            model = beat.model_version
                         run = rt.ledger.get(beat.minute)
                         total = (run.timings or {}).get("minute_total") if run else None
                         live.console.print(minute_line(beat, total), highlight=False)
-                        done += 1
+                        # A minute skipped because it started too late (e.g. right after a long
+                        # first-run training) produced nothing: it is not one of the MINUTES asked.
+                        done += beat.status != SKIPPED_LATE
             except KeyboardInterrupt:
                 pass
+            for line in background_lines(job):
+                live.console.print(line, highlight=False)
+            if job is not None and not job.finished:
+                live.console.print(
+                    "background training stopped with the run; the next run starts it again",
+                    highlight=False,
+                )
 
 
 def _replay(s: Settings, first: int, count: int) -> None:

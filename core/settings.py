@@ -30,7 +30,9 @@ class SchedulerSettings(BaseModel):
 
 
 class SignalSettings(BaseModel):
-    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # A floor on the calibrated probability of the signal's direction; the decision itself is the
+    # expected edge against trading costs (decoding.edge_margin_bps, docs/SIGNALS.md).
+    confidence_threshold: float = Field(0.4, ge=0.0, le=1.0)
     max_signals_per_symbol: int = Field(1, ge=1)
 
 
@@ -76,6 +78,9 @@ class ExchangeSettings(BaseModel):
 class SimulatorSettings(BaseModel):
     seed: int = 7
     universe_size: int = Field(1000, ge=1, le=10_000)
+    # The learnable effect (docs/SIMULATOR.md): "switching" (per-symbol hot/quiet states that flip the
+    # sign of the idiosyncratic momentum) or "momentum" (the older market-wide-regime momentum).
+    effect: Literal["switching", "momentum"] = "switching"
 
 
 class DataSettings(BaseModel):
@@ -141,6 +146,9 @@ class DecodingSettings(BaseModel):
     min_stop_fraction: float = Field(0.002, gt=0.0)
     max_stop_fraction: float = Field(0.05, gt=0.0)
     signal_ttl_minutes: int = Field(15, ge=1)
+    # A LONG or SHORT needs a predicted return above the round trip's fees and slippage
+    # (2 x (trading.fee_bps + trading.slippage_bps)) by at least this many basis points.
+    edge_margin_bps: float = Field(5.0, ge=0.0)
 
 
 class CelerySettings(BaseModel):

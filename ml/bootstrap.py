@@ -4,8 +4,12 @@
 in place (a server database must already be migrated), (2) backfills ``recipe.days`` of 1-minute
 candles for the first ``recipe.symbols`` symbols from the configured source — the built-in
 simulator by default, resumable and idempotent like ``mlsignals data backfill`` — and (3) trains
-the default recipe and registers the result, which becomes the champion of the empty registry.
-With the defaults this takes a few minutes on 2 CPU cores (docs/MODEL.md).
+the recipe and registers the result, which becomes the champion of the empty registry.
+
+The recipe is the caller's: ``mlsignals model bootstrap`` trains the default recipe (a few minutes
+on 2 CPU cores, docs/MODEL.md); ``mlsignals run`` passes ``QUICK_RECIPE`` (ml/training.py) so that
+its first minute runs within a few minutes of a fresh install, and then trains the default recipe
+in the background, promoting it only if it beats the quick model (ml/background.py).
 """
 
 from __future__ import annotations
@@ -78,6 +82,27 @@ def ensure_live_history(settings: Settings, *, store: CandleStore | None = None)
     )
 
 
+def backfill_recipe(
+    settings: Settings, store: CandleStore, recipe: TrainingRecipe, progress: Progress
+) -> list[str]:
+    """Backfill ``recipe.days`` for the first ``recipe.symbols`` configured symbols (complete days
+    already stored are skipped); returns the symbols that have usable history."""
+    source = make_source(settings)
+    symbols = resolve_symbols(settings, source)[: recipe.symbols]
+    policy = ValidationPolicy.from_settings(settings)
+    chunks = len(symbols) * int(-(-recipe.days // 1))
+    progress.start("backfill", chunks)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(done)
+
+    report = Ingestor(store, source, policy).backfill(symbols, recipe.days, progress=advance)
+    return [s for s in symbols if s not in report.failed]
+
+
 def ensure_champion(
     settings: Settings,
     *,
@@ -87,7 +112,9 @@ def ensure_champion(
     device: str | None = None,
     console: Console | None = None,
 ) -> BootstrapResult:
-    """``progress`` wins; else a rich progress bar on ``console``; else log lines."""
+    """Train ``recipe`` (default: the full default recipe) when the registry has no champion.
+
+    ``progress`` wins; else a rich progress bar on ``console``; else log lines."""
     registry = registry_for(settings)
     existing = current_champion(registry)
     if existing is not None:
@@ -103,20 +130,9 @@ def ensure_champion(
     symbols = resolve_symbols(settings, source)[: recipe.symbols]
     progress.note(
         f"no champion model in {registry.root}: backfilling {recipe.days:g} days of {len(symbols)} "
-        f"symbols from {source.name} and training the default recipe"
+        f"symbols from {source.name} and training the {recipe.name} recipe"
     )
-    policy = ValidationPolicy.from_settings(settings)
-    chunks = len(symbols) * int(-(-recipe.days // 1))
-    progress.start("backfill", chunks)
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        progress.update(done)
-
-    report = Ingestor(store, source, policy).backfill(symbols, recipe.days, progress=advance)
-    usable = [s for s in symbols if s not in report.failed]
+    usable = backfill_recipe(settings, store, recipe, progress)
     outcome = train_version(
         settings,
         store,

@@ -12,9 +12,15 @@ Samples are not materialised: the scaled rows of all series live in one float32 
 sample is an index into it, gathered into a ``[batch, 96, F]`` block only when a batch is needed.
 
 The split is by anchor time, the same boundaries for every symbol: train, a purge gap, validation,
-a purge gap, test. The gap (default: the longest horizon plus the context, 48 + 96 bars) is longer
-than any label's look-ahead, so no training label overlaps a validation or test label, and no
-validation input window reaches back into a training label period's bars that it could memorise.
+a purge gap, test. The gap (default: the longest horizon, the context and the features' warm-up,
+48 + 96 + 200 bars) is longer than any label's look-ahead, so no training label overlaps a
+validation or test label, and no validation input — the 96-bar window, nor the up to 200 older bars
+its features read — reaches back into a bar that a training label looked at.
+
+Direction classes are market-neutral, like the returns target: the class of a sample comes from its
+return minus the mean return of the symbols at the same anchor time (``cross_sectional_demean``;
+the raw return where fewer than ``MIN_NEUTRAL_GROUP`` symbols share the time). The class prior
+therefore holds no market drift of the training window: LONG means "beats the market".
 The scaler is fitted on rows that end before the first gap only.
 """
 
@@ -34,7 +40,7 @@ from core.timegrid import MINUTE_MS
 from data.bars import resample_anchored
 from data.store import CandleStore
 from ml.features import FEATURE_SPEC, compute
-from ml.labels import make_labels
+from ml.labels import direction_classes, make_labels
 from ml.model.config import ModelConfig
 from ml.scaling import RobustScaler
 
@@ -61,11 +67,14 @@ class DatasetSpec:
     phases: tuple[int, ...] = (0,)
     train_fraction: float = 0.70
     val_fraction: float = 0.15
-    # None: the longest horizon plus the context (48 + 96 bars with the default model).
+    # None: the longest horizon, the context and the features' warm-up (48 + 96 + 200 bars with the
+    # default model and feature spec).
     purge_bars: int | None = None
 
     def gap_bars(self, config: ModelConfig) -> int:
-        return self.purge_bars if self.purge_bars is not None else config.max_horizon + config.context
+        if self.purge_bars is not None:
+            return self.purge_bars
+        return config.max_horizon + config.context + FEATURE_SPEC.warmup
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,6 @@ class _Series:
     close: npt.NDArray[np.float64]
     anchors: npt.NDArray[np.int64]  # rows that are valid samples
     returns: npt.NDArray[np.float64]
-    classes: npt.NDArray[np.int64]
     risk: npt.NDArray[np.float64]
 
 
@@ -203,7 +211,6 @@ def _series(
         close=bars["close"].to_numpy(dtype=np.float64),
         anchors=anchors.astype(np.int64),
         returns=labels.returns[anchors],
-        classes=labels.classes[anchors],
         risk=labels.risk[anchors],
     )
 
@@ -265,6 +272,9 @@ def build_dataset(
         x[off : off + s.features.shape[0]] = scaler.transform(s.features, FEATURE_SPEC.hash)
         s.features = np.empty((0, config.n_features))  # release the float64 copy early
     index = {name: i for i, name in enumerate(symbols)}
+    returns = np.concatenate([s.returns for s in series])
+    neutral = cross_sectional_demean(returns, anchor_ms)
+    classes = direction_classes(neutral, np.asarray(config.direction_thresholds, dtype=np.float64))
     ds = Dataset(
         x=x,
         row=np.concatenate([s.anchors + off for s, off in zip(series, offsets[:-1], strict=False)]),
@@ -272,14 +282,15 @@ def build_dataset(
         symbol=np.concatenate([np.full(s.anchors.size, index[s.symbol], np.int32) for s in series]),
         phase=np.concatenate([np.full(s.anchors.size, s.phase, np.int16) for s in series]),
         close=np.concatenate([s.close[s.anchors] for s in series]),
-        returns=np.concatenate([s.returns for s in series]),
-        classes=np.concatenate([s.classes for s in series]),
+        returns=returns,
+        classes=classes,
         risk=np.concatenate([s.risk for s in series]),
         part=part,
         symbols=symbols,
         split=split,
         scaler=scaler,
         context=config.context,
+        _neutral=neutral,
     )
     ds.info = {
         "samples": {name: int((part == code).sum()) for name, code in PART_NAMES.items()},

@@ -7,8 +7,15 @@ Rules (docs/SIGNALS.md has the full table and the configuration keys):
   SHORT, FLAT);
 * returns are ``tanh output * return_scale`` and risk ``softplus output * risk_scale``
   (fractions of the entry price), the scales coming from the version's output schema;
-* the signal reads the primary horizon only: direction = its argmax, confidence = that class's
-  probability; FLAT, or a confidence below ``confidence_threshold``, gives NEUTRAL;
+* the signal reads the primary horizon only and is cost-aware, the same for LONG and SHORT: the
+  *expected edge* is the returns head's predicted return there (an estimate of the conditional mean
+  market-neutral return); its sign proposes the direction. The signal is that direction only when
+  (1) ``|predicted return|`` exceeds the round-trip cost (fees and slippage of ``trading.*``, both
+  ways) plus ``edge_margin``, (2) the calibrated probabilities agree: the direction's class is more
+  likely than the opposite one, and (3) that probability, the *confidence*, is at least
+  ``confidence_threshold`` (a floor, not the decision). Otherwise NEUTRAL. ``edge`` is the predicted
+  return in the signal's direction minus the round-trip cost (negative for NEUTRAL rows whose best
+  side does not pay);
 * the adverse risk of a LONG is the predicted drawdown, of a SHORT the predicted rally, over the
   risk window that covers the horizon (4 bars for horizons up to 4, else 16); the stop-loss
   distance is ``clamp(stop_loss_risk_multiple * adverse, min_stop_fraction, max_stop_fraction)``,
@@ -37,7 +44,10 @@ SIGNAL_DIRECTIONS: tuple[str, ...] = ("LONG", "SHORT", "NEUTRAL")
 @dataclass(frozen=True)
 class DecodeRules:
     primary_horizon: int = 1
-    confidence_threshold: float = 0.6
+    confidence_threshold: float = 0.4
+    # Fractions of the entry price: fees + slippage, entry and exit; and the edge demanded beyond it.
+    round_trip_cost: float = 0.0015
+    edge_margin: float = 0.0005
     stop_loss_risk_multiple: float = 1.0
     take_profit_risk_multiple: float = 1.5
     min_stop_fraction: float = 0.002
@@ -51,6 +61,8 @@ class DecodeRules:
                 f"need 0 < min_stop_fraction ({self.min_stop_fraction}) <= max_stop_fraction "
                 f"({self.max_stop_fraction}) < 1"
             )
+        if self.round_trip_cost < 0 or self.edge_margin < 0:
+            raise ConfigError("round_trip_cost and edge_margin must not be negative")
         if self.stop_loss_risk_multiple <= 0 or self.take_profit_risk_multiple <= 0:
             raise ConfigError("risk multiples must be positive")
 
@@ -60,11 +72,19 @@ class DecodeRules:
         return cls(
             primary_horizon=d.primary_horizon,
             confidence_threshold=settings.ml_integration.signals.confidence_threshold,
+            round_trip_cost=round_trip_cost(settings),
+            edge_margin=d.edge_margin_bps / 1e4,
             stop_loss_risk_multiple=d.stop_loss_risk_multiple,
             take_profit_risk_multiple=d.take_profit_risk_multiple,
             min_stop_fraction=d.min_stop_fraction,
             max_stop_fraction=d.max_stop_fraction,
         )
+
+
+def round_trip_cost(settings: Settings) -> float:
+    """Fees and slippage of one entry and one exit, as a fraction of the price (``trading.*``)."""
+    t = settings.trading
+    return 2.0 * (t.fee_bps + t.slippage_bps) / 1e4
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,8 @@ class DecodedArrays:
     returns: FloatArray  # [B, H] fractions
     risk: FloatArray  # [B, 4] fractions, schema.risk_names order
     direction: npt.NDArray[np.int64]  # [B] 0 LONG, 1 SHORT, 2 NEUTRAL
-    confidence: FloatArray  # [B]
+    confidence: FloatArray  # [B] probability of the direction's class (of the proposed one if NEUTRAL)
+    edge: FloatArray  # [B] predicted return in the proposed direction minus the round-trip cost
     entry: FloatArray  # [B]
     stop_loss: FloatArray  # [B]
     take_profit: FloatArray  # [B]
@@ -86,6 +107,7 @@ class DecodedArrays:
 class DecodedSignal:
     direction: str  # LONG / SHORT / NEUTRAL
     confidence: float
+    edge: float  # predicted return in the direction minus the round-trip cost (fraction)
     entry_price: float
     stop_loss: float | None
     take_profit: float | None
@@ -150,10 +172,15 @@ def decode_arrays(
     risk = out[:, n_h + n_h * n_c :] * np.asarray(schema.risk_scales)
 
     p = rules.primary_horizon
-    top = classes[:, p]
-    confidence = probs[np.arange(out.shape[0]), p, top]
-    flat = schema.direction_classes.index("FLAT")
-    direction = np.where((top == flat) | (confidence < rules.confidence_threshold), NEUTRAL, top)
+    long_c, short_c = schema.direction_classes.index("LONG"), schema.direction_classes.index("SHORT")
+    predicted = returns[:, p]
+    side = np.where(predicted >= 0.0, LONG, SHORT)
+    p_long, p_short = probs[:, p, long_c], probs[:, p, short_c]
+    confidence = np.where(side == LONG, p_long, p_short)
+    agree = np.where(side == LONG, p_long > p_short, p_short > p_long)
+    edge = np.abs(predicted) - rules.round_trip_cost
+    pays = edge > rules.edge_margin
+    direction = np.where(pays & agree & (confidence >= rules.confidence_threshold), side, NEUTRAL)
 
     dd_col, ru_col = risk_columns(schema, schema.horizons[p])
     adverse = np.where(direction == SHORT, risk[:, ru_col], risk[:, dd_col])
@@ -163,7 +190,7 @@ def decode_arrays(
     sign = np.where(direction == LONG, 1.0, -1.0)
     stop = np.where(direction == NEUTRAL, np.nan, entry * (1.0 - sign * stop_frac))
     take = np.where(direction == NEUTRAL, np.nan, entry * (1.0 + sign * take_frac))
-    return DecodedArrays(probs, classes, returns, risk, direction, confidence, entry, stop, take)
+    return DecodedArrays(probs, classes, returns, risk, direction, confidence, edge, entry, stop, take)
 
 
 def decode(
@@ -181,6 +208,7 @@ def decode(
         DecodedSignal(
             direction=SIGNAL_DIRECTIONS[int(d.direction[i])],
             confidence=float(d.confidence[i]),
+            edge=float(d.edge[i]),
             entry_price=float(d.entry[i]),
             stop_loss=_opt(d.stop_loss[i]),
             take_profit=_opt(d.take_profit[i]),

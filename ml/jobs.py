@@ -3,6 +3,20 @@
 Both read candles through ``CandleStore.read_candles`` and build samples with ``ml.dataset`` (the
 anchored bars and the feature engine of the live path). The CLI, the first-run bootstrap and
 (later) the training task are thin wrappers around these two functions.
+
+Training also fits the linear baselines of ml/baselines.py on the training rows and stores them with
+the version (``baselines.npz``). Evaluation (ml/evaluation.py) reports two periods:
+
+* ``test``: the version's own test split (after the purge gap that follows validation);
+* ``holdout``: the ``holdout_days`` that end where the version's training candles start, a period
+  the model never saw. Its samples' inputs *and* labels lie before that start (anchors whose
+  look-ahead would reach into the training candles have no labels and are left out, so the last
+  ~12 hours of the window hold no samples); the features' warm-up and the context are read from
+  candles before the window. Missing candles are backfilled from the configured source first
+  (``Ingestor.backfill`` ending at the window's end: idempotent, complete days are skipped; like
+  ``mlsignals data backfill`` it quarantines a symbol the source fails for). When the source cannot
+  provide them the held-out period is reported as unavailable, with the reason, and the test split
+  stands alone.
 """
 
 from __future__ import annotations
@@ -12,21 +26,31 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
+from core.errors import MLSignalsError
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, iso_minute
+from data.ingest import Ingestor
 from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
-from ml.dataset import DatasetError, SplitBounds, build_dataset, load_candles
+from data.validation import ValidationPolicy
+from ml.baselines import BASELINE_NAMES, Baselines, fit_baselines
+from ml.dataset import Dataset, DatasetError, SplitBounds, build_dataset, load_candles
 from ml.decoding import DecodeRules
-from ml.evaluation import evaluate_outputs, predict_outputs
+from ml.evaluation import evaluate_outputs, json_ready, predict_outputs, summarize, without_series
 from ml.features import FEATURE_SPEC
+from ml.model.network import UnifiedPatchTST
 from ml.model.schema import OutputSchema
 from ml.predictor import apply_thread_settings, select_device
 from ml.progress import NullProgress, Progress
-from ml.registry import Registry
+from ml.registry import LoadedModel, Registry
 from ml.training import TrainingRecipe, fit
+
+HOLDOUT_DAYS = 28.0
+DAY_MS = 1440 * MINUTE_MS
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,9 @@ def train_version(
         f"{ds.info['samples']['test']} test samples"
     )
     result = fit(ds, recipe, torch_device, progress)
+    progress.start("baselines", 1)
+    baselines = fit_baselines(ds, ds.indices("train"), recipe)
+    progress.update(1)
 
     test_idx = ds.indices("test")
     schema = OutputSchema.from_config(recipe.model)
@@ -102,11 +129,8 @@ def train_version(
     metrics: dict[str, Any] = {}
     if test_idx.size:
         progress.start("held-out evaluation", 1)
-        outputs = predict_outputs(result.model, ds, test_idx, torch_device)
-        metrics = {
-            "test": evaluate_outputs(outputs, result.model.temperature, schema, ds, test_idx, rules),
-            "evaluated_at_ms": int(time.time() * 1000),
-        }
+        test = evaluate_period(result.model, schema, ds, test_idx, rules, baselines, torch_device)
+        metrics = assemble_metrics(result.model, rules, schema, test, None, baselines, "fitted")
         progress.update(1)
     training = {
         "exchange": exchange,
@@ -123,7 +147,8 @@ def train_version(
         },
         "purge_gap_hours": ds.split.gap_ms / 3_600_000,
         "samples": ds.info,
-        "recipe": recipe.model_dump(mode="json"),
+        # As trained: with the teacher weight the pilot runs chose (ml/training.py).
+        "recipe": (result.recipe or recipe).model_dump(mode="json"),
         "seed": recipe.seed,
         "device": str(torch_device),
         "fit": {
@@ -133,14 +158,92 @@ def train_version(
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
             "temperature": result.model.temperature,
+            **result.extra,
         },
         "history": result.history,
         "target_stats": result.stats.to_dict(),
         "feature_spec_hash": FEATURE_SPEC.hash,
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    version, alias = registry.register(result.model.cpu(), ds.scaler, training, metrics)
+    metrics = json_ready(without_series(metrics))
+    version, alias = registry.register(
+        result.model.cpu(), ds.scaler, training, metrics, baselines=baselines.to_arrays()
+    )
     return TrainOutcome(version, alias, metrics, training, time.perf_counter() - began)
+
+
+def _version_dataset(
+    candles: dict[str, Any],
+    loaded: LoadedModel,
+    recipe: TrainingRecipe,
+    split: SplitBounds,
+    progress: Progress,
+    label: str,
+) -> Dataset:
+    """Samples of ``candles`` built for a stored version: its scaler, fixed split bounds."""
+    spec = recipe.dataset_spec()
+    progress.start(label, len(candles) * len(spec.phases))
+    return build_dataset(
+        candles,
+        loaded.config,
+        spec,
+        scaler=loaded.scaler,
+        split=split,
+        progress=lambda _s, k, _n: progress.update(k),
+    )
+
+
+def evaluate_period(
+    model: UnifiedPatchTST,
+    schema: OutputSchema,
+    ds: Dataset,
+    idx: npt.NDArray[np.int64],
+    rules: DecodeRules,
+    baselines: Baselines,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The report (ml/evaluation.py) of the samples ``idx`` of ``ds``: network and baselines."""
+    outputs = predict_outputs(model, ds, idx, device)
+    scores = baselines.predict(ds, idx)
+    return evaluate_outputs(outputs, model.temperature, schema, ds, idx, rules, baselines=scores)
+
+
+def assemble_metrics(
+    model: UnifiedPatchTST,
+    rules: DecodeRules,
+    schema: OutputSchema,
+    test: dict[str, Any],
+    holdout: dict[str, Any] | None,
+    baselines: Baselines,
+    source: str,
+) -> dict[str, Any]:
+    """The metrics document: both periods, the headline of the primary horizon and how it was made."""
+    p = rules.primary_horizon
+    summary: dict[str, Any] = {"primary_horizon_bars": int(schema.horizons[p]), "test": summarize(test, p)}
+    metrics: dict[str, Any] = {"test": test}
+    if holdout is not None:
+        metrics["holdout"] = holdout
+        summary["holdout"] = (
+            summarize(holdout, p)
+            if holdout.get("available")
+            else {"available": False, "reason": holdout.get("reason")}
+        )
+    metrics["summary"] = summary
+    metrics["baselines"] = {
+        "names": list(BASELINE_NAMES),
+        "past_return_feature": baselines.feature,
+        "past_return_signs": baselines.signs.tolist(),
+        "source": source,
+    }
+    metrics["decoding"] = {
+        "primary_horizon": p,
+        "confidence_threshold": rules.confidence_threshold,
+        "round_trip_cost": rules.round_trip_cost,
+        "edge_margin": rules.edge_margin,
+    }
+    metrics["horizon_temperatures"] = list(model.horizon_temperatures)
+    metrics["evaluated_at_ms"] = int(time.time() * 1000)
+    return metrics
 
 
 def evaluate_version(
@@ -151,47 +254,200 @@ def evaluate_version(
     device: str = "auto",
     progress: Progress | None = None,
     registry: Registry | None = None,
+    holdout_days: float = 0.0,
 ) -> tuple[str, dict[str, Any]]:
-    """Re-evaluate a stored version on its held-out period; the result replaces its metrics."""
+    """Re-evaluate a stored version on its test split and on the ``holdout_days`` before its training
+    data (0, the default here: the test split only; ``mlsignals model evaluate`` asks for
+    ``HOLDOUT_DAYS``); the result replaces its metrics.
+
+    Returns the version and the full metrics, the per-time series included (for ``--json`` and the
+    plots); the registry stores them without the series (``ml.evaluation.without_series``).
+    """
     progress = progress or NullProgress()
     registry = registry or registry_for(settings)
     apply_thread_settings(settings.model.torch_threads)
     loaded = registry.load(ref)
+    recipe = TrainingRecipe.model_validate(loaded.training["recipe"])
+    rules = DecodeRules.from_settings(settings)
+    torch_device = select_device(device)
+    model = loaded.model.to(torch_device)
+    test, baselines, source = _evaluate_test(store, loaded, recipe, rules, torch_device, progress)
+    holdout = (
+        _evaluate_holdout(
+            settings, store, loaded, recipe, rules, baselines, torch_device, holdout_days, progress
+        )
+        if holdout_days > 0
+        else {"available": False, "reason": "not asked for (holdout days 0)", "days": 0.0}
+    )
+    metrics = {
+        **loaded.metrics,
+        **assemble_metrics(model, rules, loaded.schema, test, holdout, baselines, source),
+    }
+    registry.update_metrics(loaded.version, json_ready(without_series(metrics)))
+    return loaded.version, metrics
+
+
+def _lead_ms(recipe: TrainingRecipe) -> int:
+    """Candles needed before a sample's anchor: the features' warm-up, the context and a bar's phase."""
+    return (FEATURE_SPEC.warmup + recipe.model.context + 2) * recipe.model.bar_minutes * MINUTE_MS
+
+
+def _evaluate_test(
+    store: CandleStore,
+    loaded: LoadedModel,
+    recipe: TrainingRecipe,
+    rules: DecodeRules,
+    device: torch.device,
+    progress: Progress,
+) -> tuple[dict[str, Any], Baselines, str]:
+    """The test split's report, the baselines and where they came from (stored with the version, or
+    refitted on its training rows for a version stored without them)."""
     training = loaded.training
-    recipe = TrainingRecipe.model_validate(training["recipe"])
     split = SplitBounds.from_dict(training["split"])
-    bar_ms = recipe.model.bar_minutes * MINUTE_MS
-    # The test windows, their features' warm-up and their labels' look-ahead: nothing else is needed.
-    start_ms = split.test_start_ms - (FEATURE_SPEC.warmup + recipe.model.context + 2) * bar_ms
+    stored = Baselines.from_arrays(loaded.baselines) if loaded.baselines is not None else None
+    # The test windows, their features' warm-up and their labels' look-ahead; and without stored
+    # baselines the training rows as well, to fit them on.
+    start_ms = split.test_start_ms - _lead_ms(recipe) if stored else int(training["candles"]["start_ms"])
     end_ms = int(training["candles"]["end_ms"])
     symbols = list(training["symbols"])
     progress.start("reading candles", len(symbols))
     candles = load_candles(
         store, str(training["exchange"]), symbols, start_ms, end_ms, lambda _s, k, _n: progress.update(k)
     )
-    spec = recipe.dataset_spec()
-    progress.start("features and labels", len(candles) * len(spec.phases))
-    ds = build_dataset(
-        candles,
-        loaded.config,
-        spec,
-        scaler=loaded.scaler,
-        split=split,
-        progress=lambda _s, k, _n: progress.update(k),
-    )
+    ds = _version_dataset(candles, loaded, recipe, split, progress, "features and labels")
     test_idx = ds.indices("test")
     if not test_idx.size:
         raise DatasetError(
             f"the held-out period of {loaded.version} ({iso_minute(split.test_start_ms)} .. "
             f"{iso_minute(split.end_ms)}) has no usable samples in the candle store"
         )
-    torch_device = select_device(device)
-    progress.start("held-out evaluation", 1)
-    outputs = predict_outputs(loaded.model.to(torch_device), ds, test_idx, torch_device)
-    test = evaluate_outputs(
-        outputs, loaded.temperature, loaded.schema, ds, test_idx, DecodeRules.from_settings(settings)
-    )
+    baselines, source = stored, "stored"
+    if baselines is None:
+        train_idx = ds.indices("train")
+        if not train_idx.size:
+            raise DatasetError(
+                f"{loaded.version} has no stored baselines and its training period has no usable samples "
+                "in the candle store to fit them on"
+            )
+        progress.start("baselines (refitted on the training rows)", 1)
+        baselines, source = fit_baselines(ds, train_idx, recipe), "refitted"
+        progress.update(1)
+    progress.start("test split evaluation", 1)
+    test = evaluate_period(loaded.model, loaded.schema, ds, test_idx, rules, baselines, device)
     progress.update(1)
-    metrics = {**loaded.metrics, "test": test, "evaluated_at_ms": int(time.time() * 1000)}
-    registry.update_metrics(loaded.version, metrics)
-    return loaded.version, metrics
+    return test, baselines, source
+
+
+def holdout_window(training: dict[str, Any], days: float) -> tuple[int, int]:
+    """``[start, end)`` of the held-out period: ``days`` ending where the training candles start."""
+    end_ms = int(training["candles"]["start_ms"])
+    return end_ms - round(days * 1440) * MINUTE_MS, end_ms
+
+
+def _evaluate_holdout(
+    settings: Settings,
+    store: CandleStore,
+    loaded: LoadedModel,
+    recipe: TrainingRecipe,
+    rules: DecodeRules,
+    baselines: Baselines,
+    device: torch.device,
+    days: float,
+    progress: Progress,
+) -> dict[str, Any]:
+    training = loaded.training
+    start_ms, end_ms = holdout_window(training, days)
+    window = {
+        "days": float(days),
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "start": iso_minute(start_ms),
+        "end": iso_minute(end_ms),
+    }
+    exchange, symbols = str(training["exchange"]), list(training["symbols"])
+    backfill: dict[str, Any] = {"needed": False}
+    try:
+        backfill = ensure_candles(
+            settings, store, exchange, symbols, start_ms - _lead_ms(recipe), end_ms, progress
+        )
+        progress.start("reading held-out candles", len(symbols))
+        candles = load_candles(
+            store,
+            exchange,
+            symbols,
+            start_ms - _lead_ms(recipe),
+            end_ms,
+            lambda _s, k, _n: progress.update(k),
+        )
+        if not candles:
+            raise DatasetError(f"no candles of the version's symbols on {exchange!r} in the held-out period")
+        # Every anchor of the window counts as "test"; none is training or validation.
+        split = SplitBounds(start_ms, start_ms, start_ms, start_ms, start_ms, end_ms, 0)
+        ds = _version_dataset(candles, loaded, recipe, split, progress, "held-out features and labels")
+        idx = ds.indices("test")
+        if not idx.size:
+            raise DatasetError(
+                f"the held-out period {window['start']} .. {window['end']} has no usable samples "
+                f"(each symbol needs {days:g} days of complete candles plus the features' warm-up)"
+            )
+    except MLSignalsError as exc:
+        reason = str(exc)
+        failed = backfill.get("failed") or {}
+        if failed:
+            first = next(iter(failed.values()))
+            reason += f"; the source could not provide {len(failed)} symbols ({first})"
+        return {**window, "available": False, "reason": reason, "backfill": backfill}
+    progress.start("held-out period evaluation", 1)
+    report = evaluate_period(loaded.model, loaded.schema, ds, idx, rules, baselines, device)
+    progress.update(1)
+    with_samples = {ds.symbols[i] for i in set(ds.symbol[idx].tolist())}
+    return {
+        **window,
+        "available": True,
+        "missing_symbols": [s for s in symbols if s not in with_samples],
+        "backfill": backfill,
+        **report,
+    }
+
+
+def ensure_candles(
+    settings: Settings,
+    store: CandleStore,
+    exchange: str,
+    symbols: list[str],
+    start_ms: int,
+    end_ms: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Backfill ``[start, end)`` for the symbols whose stored candles do not cover it; what was done.
+
+    Raises ``DatasetError`` when the configured source is another exchange than the version's.
+    """
+    minutes = (end_ms - start_ms) // MINUTE_MS
+    counts = store.chunk_counts(exchange, symbols, start_ms, end_ms - start_ms, end_ms)
+    missing = [s for s in symbols if counts.get((s, 0), 0) < minutes]
+    if not missing:
+        return {"needed": False}
+    source = make_source(settings)
+    if source.name != exchange:
+        raise DatasetError(
+            f"the held-out period lacks candles of {len(missing)} symbols and the configured source "
+            f"({source.name}) is not the version's exchange ({exchange}): backfill them first"
+        )
+    progress.start("held-out backfill", len(missing) * -(-minutes // 1440))
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(done)
+
+    ingestor = Ingestor(store, source, ValidationPolicy.from_settings(settings))
+    # ``days`` in minutes plus half a minute: backfill takes int(days * 1440) minutes before end_ms.
+    report = ingestor.backfill(missing, (minutes + 0.5) / 1440, end_ms=end_ms, progress=advance)
+    return {
+        "needed": True,
+        "symbols": len(missing),
+        "inserted": int(report.inserted),
+        "failed": {s: o.detail or o.rule or "" for s, o in report.failed.items()},
+    }

@@ -4,7 +4,9 @@ For the bar ending at anchor ``t`` (row ``t``, the newest bar a live signal at `
 
 * ``return_h = close[t+h] / close[t] - 1`` for each horizon ``h`` (bars);
 * ``class_h`` = LONG (0) if ``return_h > threshold_h``, SHORT (1) if ``return_h < -threshold_h``,
-  else FLAT (2): the band including its edges is FLAT;
+  else FLAT (2): the band including its edges is FLAT. ``make_labels`` classifies the symbol's own
+  return; the training samples (``ml.dataset``) classify the market-neutral return instead, with
+  the same ``direction_classes``, once all symbols of an anchor time are known;
 * ``drawdown_w = max(0, 1 - min(low[t+1..t+w]) / close[t])`` and
   ``rally_w = max(0, max(high[t+1..t+w]) / close[t] - 1)`` for the risk windows ``w`` (4 and 16
   bars), in the order of ``ml.model.config.RISK_NAMES``.

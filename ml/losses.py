@@ -185,3 +185,4 @@ def fit_log_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             b = lo + ratio * (hi - lo)
             fb = nll(b)
     return (lo + hi) / 2.0
+

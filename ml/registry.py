@@ -10,6 +10,8 @@ Layout under ``settings.model.registry_dir``::
         output_schema.json   the meaning of the 20 outputs (ml/model/schema.py)
         training.json        data range, symbols, split, recipe, seed, loss normalisers, history
         metrics.json         held-out evaluation (rewritten by ``evaluate``)
+        baselines.npz        optional: the linear baselines of ml/baselines.py (plain arrays, no
+                             pickles), fitted on the version's training rows; older versions lack it
         manifest.json        sha256 of every file above, and its own digest
     aliases.json             {"champion": id, "challenger": id, "previous_champions": [...], "history": [...]}
 
@@ -29,12 +31,15 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from core.errors import PermanentError
@@ -54,6 +59,8 @@ FILES: tuple[str, ...] = (
     "training.json",
     "metrics.json",
 )
+# Files a version may have; when present they are listed in, and verified against, the manifest.
+OPTIONAL_FILES: tuple[str, ...] = ("baselines.npz",)
 ALIASES = ("champion", "challenger")
 MANIFEST_FORMAT = "mlsignals.model_manifest"
 
@@ -76,6 +83,8 @@ class LoadedModel:
     training: dict[str, Any]
     metrics: dict[str, Any]
     feature_spec_hash: str
+    # baselines.npz's arrays (``ml.baselines.Baselines.from_arrays``); None for a version without it.
+    baselines: dict[str, npt.NDArray[Any]] | None = None
 
     @property
     def temperature(self) -> float:
@@ -127,9 +136,11 @@ class Registry:
         *,
         spec: FeatureSpec = FEATURE_SPEC,
         now: datetime | None = None,
+        baselines: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> tuple[str, str]:
         """Store a new version; returns ``(version_id, alias)`` where alias is ``champion`` for the
-        first version of an empty registry and ``challenger`` otherwise."""
+        first version of an empty registry and ``challenger`` otherwise. ``baselines`` (arrays of
+        ``ml.baselines.Baselines.to_arrays``) are stored as ``baselines.npz`` when given."""
         spec.check_hash(scaler.spec_hash, "the scaler")
         config = model.config
         buffer = io.BytesIO()
@@ -154,6 +165,8 @@ class Registry:
             "training.json": _json(dict(training)).encode(),
             "metrics.json": _json(dict(metrics)).encode(),
         }
+        if baselines is not None:
+            contents["baselines.npz"] = _npz(baselines)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         final = self.versions_dir / version
         if final.exists():
@@ -162,7 +175,7 @@ class Registry:
         try:
             for name, data in contents.items():
                 (tmp / name).write_bytes(data)
-            self._write_manifest(tmp, version, created=(now or _now()).isoformat())
+            self._write_manifest(tmp, version, (now or _now()).isoformat(), tuple(contents))
             # mkdtemp creates 0700: the trainer and the inference workers may be different users
             # sharing the registry volume, and a version is read-only data anyway.
             tmp.chmod(0o755)
@@ -176,12 +189,14 @@ class Registry:
             self._event(aliases, "register", version, alias=alias)
         return version, alias
 
-    def _write_manifest(self, folder: Path, version: str, created: str) -> None:
+    def _write_manifest(
+        self, folder: Path, version: str, created: str, names: tuple[str, ...] = FILES
+    ) -> None:
         doc: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "version": version,
             "created": created,
-            "files": {name: sha256_file(folder / name) for name in FILES},
+            "files": {name: sha256_file(folder / name) for name in names},
         }
         doc["manifest_sha256"] = hashlib.sha256(_canonical(doc)).hexdigest()
         _atomic_write(folder / MANIFEST, _json(doc))
@@ -195,7 +210,7 @@ class Registry:
         folder = self._folder(version)
         manifest = self.verify(version)
         _atomic_write(folder / "metrics.json", _json(dict(metrics)))
-        self._write_manifest(folder, version, created=str(manifest["created"]))
+        self._write_manifest(folder, version, str(manifest["created"]), tuple(manifest["files"]))
         return version
 
     # -- aliases ----------------------------------------------------------------------------------
@@ -282,18 +297,24 @@ class Registry:
                 f"model {version}: manifest.json was modified (its own digest does not match)"
             )
         files = manifest.get("files")
-        if manifest.get("version") != version or not isinstance(files, dict) or set(files) != set(FILES):
+        if (
+            manifest.get("version") != version
+            or not isinstance(files, dict)
+            or not set(FILES) <= set(files) <= set(FILES) | set(OPTIONAL_FILES)
+        ):
             raise ModelIntegrityError(
                 f"model {version}: manifest.json does not describe this version's files"
             )
+        # The files the manifest lists: every required one, and the optional ones it signed.
+        expected = set(files)
         present = {p.name for p in folder.iterdir()} - {MANIFEST}
-        if present != set(FILES):
-            extra, missing = sorted(present - set(FILES)), sorted(set(FILES) - present)
+        if present != expected:
+            extra, missing = sorted(present - expected), sorted(expected - present)
             raise ModelIntegrityError(
                 f"model {version}: unexpected files {extra}, missing files {missing} in {folder}"
             )
         contents: dict[str, bytes] = {}
-        for name in FILES:
+        for name in (*FILES, *(n for n in OPTIONAL_FILES if n in expected)):
             data = (folder / name).read_bytes()
             actual = hashlib.sha256(data).hexdigest()
             if actual != files[name]:
@@ -335,6 +356,8 @@ class Registry:
         model = build_model(config)
         try:
             state = torch.load(io.BytesIO(files["weights.pt"]), map_location=map_location, weights_only=True)
+            # Versions stored before per-horizon calibration: their horizons' temperatures are 1.
+            state.setdefault("horizon_log_temperature", torch.zeros(config.n_horizons))
             model.load_state_dict(state, strict=True)
         except Exception as exc:  # noqa: BLE001 - torch's loaders document no error types: bad bytes
             # raise EOFError, UnpicklingError, RuntimeError, KeyError, struct.error, UnicodeDecodeError
@@ -342,6 +365,7 @@ class Registry:
             # and none is swallowed: each becomes a ModelIntegrityError.
             raise ModelIntegrityError(f"model {version}: weights.pt cannot be loaded: {exc}") from None
         model.eval()
+        baselines = _load_npz(files["baselines.npz"], version) if "baselines.npz" in files else None
         return LoadedModel(
             version=version,
             model=model,
@@ -351,6 +375,7 @@ class Registry:
             training=docs["training.json"],
             metrics=docs["metrics.json"],
             feature_spec_hash=spec.hash,
+            baselines=baselines,
         )
 
     # -- internals --------------------------------------------------------------------------------
@@ -389,6 +414,21 @@ class Registry:
         aliases.setdefault("history", []).append(
             {"at": _now().isoformat(timespec="seconds"), "action": action, "version": version, **extra}
         )
+
+
+def _npz(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def _load_npz(data: bytes, version: str) -> dict[str, npt.NDArray[Any]]:
+    """An ``.npz`` of plain arrays; object arrays (pickles) are refused."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelIntegrityError(f"model {version}: baselines.npz cannot be loaded: {exc}") from None
 
 
 def _parse_json(data: bytes, name: str, version: str) -> dict[str, Any]:

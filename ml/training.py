@@ -9,10 +9,18 @@ Each epoch draws ``samples_per_epoch`` training samples as whole cross-sections 
 few anchor times) so the returns loss can ignore the move all symbols share at a time
 (docs/MODEL.md explains why that matters more than anything else here).
 
-The temperature is not trained with the network (it would only rescale the logits the
-cross-entropy already sets): after early stopping restores the best epoch, ``log T`` is fitted
-on the validation samples by minimising the plain (unweighted) negative log-likelihood, so that
-confidences are calibrated probabilities on data the weights never saw.
+The network learns from the real labels: the returns head from the market-neutral forward returns,
+the direction head from the market-neutral classes (ml/dataset.py). A linear teacher
+(ml/teacher.py) can still be mixed in as a regulariser (``distill_returns``, ``distill_direction``);
+the default recipe does not use it (weights 0), the recipe's values are stored and reported with
+every version.
+
+Temperatures are not trained with the network (they would only rescale the logits the
+cross-entropy already sets): after early stopping restores the best epoch, one ``log T`` per
+horizon is fitted on the validation samples by minimising the plain (unweighted) negative
+log-likelihood of that horizon's classes, so that confidences are calibrated probabilities on data
+the weights never saw. The horizons need different temperatures (a 12 h class is far less
+predictable than a 15 min one); they live in the network (``horizon_log_temperature``).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ class TrainingRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # "default" (the full recipe) or "quick" (the first-run recipe): stored with every version.
+    name: str = "default"
     model: ModelConfig = ModelConfig()
     days: float = Field(42.0, gt=0)
     symbols: int = Field(50, ge=1)
@@ -67,6 +77,11 @@ class TrainingRecipe(BaseModel):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(2, ge=1)
+    # What early stopping (and the choice of the best epoch) watches: "val_loss", the total
+    # validation loss, or "val_ic", the validation IC of the returns head at 1 h. On the default
+    # simulator "val_ic" stopped after the first epoch, whose nearly flat outputs gave no signal
+    # that paid the trading costs (docs/MODEL.md); the loss keeps the direction and risk heads.
+    early_stopping: Literal["val_ic", "val_loss"] = "val_loss"
     # "neutral": the returns target is the return minus the mean over the symbols at the same
     # anchor time (the market move nobody can predict removed); "raw": the return itself.
     returns_target: Literal["raw", "neutral"] = "neutral"
@@ -83,9 +98,15 @@ class TrainingRecipe(BaseModel):
     mixed_precision: Literal["auto", "off", "bf16"] = "auto"
     # Distillation from a linear teacher fitted on the training samples (ml/teacher.py): the share
     # of the teacher's prediction in the returns target and of its class probabilities in the
-    # direction loss. 0 and 0 train on the labels alone.
-    distill_returns: float = Field(1.0, ge=0, le=1)
-    distill_direction: float = Field(0.5, ge=0, le=1)
+    # direction loss. 0 and 0 (the default) train on the labels alone.
+    distill_returns: float = Field(0.0, ge=0, le=1)
+    distill_direction: float = Field(0.0, ge=0, le=1)
+    # The teacher's weight chosen on validation: for each candidate (used for both heads) a pilot
+    # run of ``distill_pilot_samples`` (at most an epoch) from the same initial weights; the
+    # candidate with the best validation IC at 1 h wins and the full run uses it (the chosen weight
+    # and every pilot's IC are stored with the version). Empty: the recipe's distill_* as given.
+    distill_candidates: tuple[float, ...] = (0.0, 0.5, 0.8)
+    distill_pilot_samples: int = Field(16_384, ge=1)
     teacher_ridge: float = Field(1e4, ge=0)
     teacher_l2: float = Field(1e3, ge=0)
     focal_gamma: float = Field(1.0, ge=0)
@@ -103,6 +124,22 @@ class TrainingRecipe(BaseModel):
         )
 
 
+# The first-run recipe: a champion within about two minutes of a fresh install, so `make run` shows
+# signals at once; the default recipe is then trained in the background and replaces it only if it
+# is better (ml/bootstrap.py).
+# The purge gaps (86 h each) and the features' warm-up take about 10 of its 24 days, so its split
+# gives validation and test a quarter each, the training half 10 days.
+QUICK_RECIPE = TrainingRecipe(
+    name="quick",
+    days=24.0,
+    train_fraction=0.5,
+    val_fraction=0.25,
+    epochs=3,
+    samples_per_epoch=8_192,
+    distill_pilot_samples=2_048,
+)
+
+
 @dataclass
 class FitResult:
     model: UnifiedPatchTST
@@ -113,6 +150,7 @@ class FitResult:
     samples_seen: int
     stopped_early: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    recipe: TrainingRecipe | None = None  # as trained: with the teacher weight the pilots chose
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -197,6 +235,17 @@ def _group_ids(ds: Dataset, batch: npt.NDArray[np.int64], device: torch.device) 
     return torch.from_numpy(inverse.astype(np.int64)).to(device)
 
 
+def _returns_groups(
+    recipe: TrainingRecipe, ds: Dataset, batch: npt.NDArray[np.int64], device: torch.device
+) -> torch.Tensor | None:
+    """The cross-sections whose shared move the returns loss ignores: only for raw return targets.
+    A neutral target has no shared move left; ignoring the mean there would leave the level of the
+    predicted returns free, and decoding compares that level with the trading costs."""
+    if recipe.cross_sectional and recipe.returns_target == "raw":
+        return _group_ids(ds, batch, device)
+    return None
+
+
 @dataclass
 class _Teaching:
     """The teacher's targets for every training sample, by position in ``train_idx``."""
@@ -210,28 +259,36 @@ class _Teaching:
         return np.searchsorted(self.train_idx, batch)
 
 
+# The teacher's predictions for the training samples, fitted once per training run (pilots included).
+TeacherCache = dict[str, npt.NDArray[np.float64]]
+
+
 def _teach(
     ds: Dataset,
     train_idx: npt.NDArray[np.int64],
     recipe: TrainingRecipe,
     stats: TargetStats,
     progress: Progress,
+    cache: TeacherCache,
 ) -> _Teaching | None:
     if recipe.distill_returns == 0 and recipe.distill_direction == 0:
         return None
-    progress.start("linear teacher", 1)
     ret, _, _ = targets(ds, train_idx, recipe, stats)
-    _, t_ret, t_probs = fit_teacher(
-        ds,
-        train_idx,
-        ret.astype(np.float64),
-        eps=recipe.model.revin_eps,
-        ridge=recipe.teacher_ridge,
-        l2=recipe.teacher_l2,
-    )
-    t_ret = np.clip(t_ret, -stats.return_clip, stats.return_clip)
+    if not cache:
+        progress.start("linear teacher", 1)
+        _, t_ret, t_probs = fit_teacher(
+            ds,
+            train_idx,
+            ret.astype(np.float64),
+            eps=recipe.model.revin_eps,
+            ridge=recipe.teacher_ridge,
+            l2=recipe.teacher_l2,
+        )
+        cache["returns"] = np.clip(t_ret, -stats.return_clip, stats.return_clip)
+        cache["probs"] = t_probs
+        progress.update(1)
+    t_ret, t_probs = cache["returns"], cache["probs"]
     mixed = recipe.distill_returns * t_ret + (1 - recipe.distill_returns) * ret
-    progress.update(1)
     return _Teaching(
         train_idx=train_idx,
         returns=t_ret,
@@ -271,6 +328,7 @@ def _prepare(
     device: torch.device,
     progress: Progress,
     rng: np.random.Generator,
+    cache: TeacherCache,
 ) -> _Run:
     """Data preparation and set-up: the split's samples, the network (and its average), the target
     normalisers, the teacher's targets, the optimiser and its schedule."""
@@ -286,7 +344,7 @@ def _prepare(
     model = build_model(recipe.model).to(device)
     ema = copy.deepcopy(model) if recipe.ema_decay > 0 else model
     stats = target_stats(ds, train_idx, recipe)
-    teach = _teach(ds, train_idx, recipe, stats, progress)
+    teach = _teach(ds, train_idx, recipe, stats, progress, cache)
     # The training loss is normalised by the variance of the targets it actually fits (teacher
     # predictions vary far less than realised returns); validation keeps the label normalisers.
     fit_stats = stats if teach is None else replace(stats, return_var=teach.return_var)
@@ -352,7 +410,7 @@ def _train_step(run: _Run, batch: npt.NDArray[np.int64]) -> float:
     recipe, device = run.recipe, run.device
     xb = torch.from_numpy(run.ds.windows(batch)).to(device)
     ret, cls, risk, soft = _batch_targets(run, batch)
-    groups = _group_ids(run.ds, batch, device) if recipe.cross_sectional else None
+    groups = _returns_groups(recipe, run.ds, batch, device)
     with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         out = run.model(xb)
     l_ret, l_dir, l_risk = loss_terms(
@@ -378,7 +436,7 @@ def _train_step(run: _Run, batch: npt.NDArray[np.int64]) -> float:
     return float(loss.item())
 
 
-def _train_epoch(run: _Run, epoch: int) -> float:
+def _train_epoch(run: _Run, epoch: int, label: str | None = None) -> float:
     """One epoch on freshly drawn training samples; returns the smoothed training loss."""
     recipe = run.recipe
     run.model.train()
@@ -386,7 +444,7 @@ def _train_epoch(run: _Run, epoch: int) -> float:
         pick = _pick_groups(run.train_idx, run.train_groups, run.per_epoch, run.rng)
     else:
         pick = run.rng.choice(run.train_idx, run.per_epoch, replace=False)
-    run.progress.start(f"epoch {epoch}/{recipe.epochs}", run.steps_per_epoch)
+    run.progress.start(label or f"epoch {epoch}/{recipe.epochs}", run.steps_per_epoch)
     running = 0.0
     for step in range(run.steps_per_epoch):
         loss = _train_step(run, pick[step * recipe.batch_size : (step + 1) * recipe.batch_size])
@@ -416,16 +474,16 @@ class _EarlyStopping:
     """Early stopping on the validation loss, with a checkpoint of the best epoch's weights."""
 
     patience: int
-    best_loss: float = math.inf
+    best_score: float = math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs: int = 0
 
-    def should_stop(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
+    def should_stop(self, epoch: int, score: float, model: nn.Module) -> bool:
         """Record ``epoch``: a new best keeps a copy of ``model``'s weights; True once ``patience``
         epochs in a row brought no improvement."""
-        if val_loss < self.best_loss - 1e-5:
-            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        if self.best_state is None or score < self.best_score - 1e-5:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return False
         self.bad_epochs += 1
@@ -433,7 +491,7 @@ class _EarlyStopping:
 
     def restore(self, model: nn.Module) -> None:
         """Load the best epoch's weights into ``model``."""
-        assert self.best_state is not None  # the first epoch always improves on infinity
+        assert self.best_state is not None  # the first epoch is always kept
         model.load_state_dict(self.best_state)
 
 
@@ -445,20 +503,25 @@ def _fit(
     rng: np.random.Generator,
     began: float,
 ) -> FitResult:
-    run = _prepare(ds, recipe, device, progress, rng)
+    cache: TeacherCache = {}
+    recipe, chosen = _choose_distillation(ds, recipe, device, progress, cache)
+    seed_everything(recipe.seed)
+    run = _prepare(ds, recipe, device, progress, rng, cache)
     history: list[dict[str, float]] = []
     stopping = _EarlyStopping(recipe.patience)
     stopped_early = False
     for epoch in range(1, recipe.epochs + 1):
         metrics = _validate_epoch(run, epoch, _train_epoch(run, epoch))
         history.append(metrics)
-        if stopping.should_stop(epoch, metrics["val_loss"], run.ema):
+        if stopping.should_stop(epoch, _stopping_score(recipe, metrics), run.ema):
             stopped_early = epoch < recipe.epochs
             break
     stopping.restore(run.model)
-    temperature = calibrate_temperature(run.model, ds, run.val_idx, device)
+    temperatures = calibrate_temperature(run.model, ds, run.val_idx, device)
+    shown = " / ".join(f"{t:.2f}" for t in temperatures)
     progress.note(
-        f"best epoch {stopping.best_epoch} (val loss {stopping.best_loss:.4f}); temperature {temperature:.3f}"
+        f"best epoch {stopping.best_epoch} ({recipe.early_stopping} {abs(stopping.best_score):.4f}); "
+        f"temperatures {shown}"
     )
     return FitResult(
         model=run.model,
@@ -468,7 +531,52 @@ def _fit(
         seconds=time.perf_counter() - began,
         samples_seen=run.seen,
         stopped_early=stopped_early,
+        extra={"temperatures": list(temperatures), **chosen},
+        recipe=recipe,
     )
+
+
+# The horizon (bars) whose validation IC chooses the teacher's weight and the best epoch: 1 h, the
+# default decoding's primary horizon.
+SELECTION_HORIZON = 4
+
+
+def _stopping_score(recipe: TrainingRecipe, metrics: dict[str, float]) -> float:
+    """Lower is better: the validation loss, or minus the validation IC at 1 h (NaN counts as none)."""
+    if recipe.early_stopping == "val_loss":
+        return metrics["val_loss"]
+    ic = metrics.get(f"val_ic_h{SELECTION_HORIZON}", float("nan"))
+    return -ic if math.isfinite(ic) else math.inf
+
+
+def _choose_distillation(
+    ds: Dataset, recipe: TrainingRecipe, device: torch.device, progress: Progress, cache: TeacherCache
+) -> tuple[TrainingRecipe, dict[str, Any]]:
+    """The recipe with the teacher weight that the pilot runs chose, and what they measured."""
+    if not recipe.distill_candidates:
+        return recipe, {}
+    scores: dict[float, float] = {}
+    for weight in recipe.distill_candidates:
+        pilot = recipe.model_copy(
+            update={
+                "distill_returns": weight,
+                "distill_direction": weight,
+                "distill_candidates": (),
+                "epochs": 1,
+                "samples_per_epoch": min(recipe.distill_pilot_samples, recipe.samples_per_epoch),
+            }
+        )
+        seed_everything(recipe.seed)
+        run = _prepare(ds, pilot, device, progress, np.random.default_rng(recipe.seed), cache)
+        _train_epoch(run, 1, label=f"pilot, teacher weight {weight:g}")
+        metrics = validate(run.ema, ds, run.val_idx, pilot, run.stats, device)
+        ic = metrics.get(f"val_ic_h{SELECTION_HORIZON}", float("nan"))
+        scores[weight] = ic if math.isfinite(ic) else -math.inf
+    best = max(scores, key=lambda w: scores[w])  # the first of equals: candidates are in order
+    shown = ", ".join(f"{w:g}: {v:+.4f}" for w, v in scores.items())
+    progress.note(f"teacher weight {best:g} chosen on validation IC at 1 h ({shown})")
+    chosen = recipe.model_copy(update={"distill_returns": best, "distill_direction": best})
+    return chosen, {"distill_weight": best, "distill_pilot_val_ic": {f"{w:g}": v for w, v in scores.items()}}
 
 
 def _outputs(
@@ -493,7 +601,7 @@ def validate(
 ) -> dict[str, float]:
     out = _outputs(model, ds, idx, device)
     ret, cls, risk = (torch.from_numpy(a).to(device) for a in targets(ds, idx, recipe, stats))
-    groups = _group_ids(ds, idx, device) if recipe.cross_sectional else None
+    groups = _returns_groups(recipe, ds, idx, device)
     l_ret, l_dir, l_risk = loss_terms(out, ret, cls, risk, stats, recipe.focal_gamma, groups)
     w = recipe.loss_weights
     metrics = {
@@ -515,12 +623,17 @@ def validate(
 
 def calibrate_temperature(
     model: UnifiedPatchTST, ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device
-) -> float:
-    """Set ``model.log_temperature`` from the validation samples ``idx``; returns ``T``."""
+) -> tuple[float, ...]:
+    """Fit one temperature per horizon on the validation samples ``idx`` into
+    ``model.horizon_log_temperature`` (the scalar temperature is reset to 1); returns them."""
     n_h = model.config.n_horizons
     n_c = len(DIRECTION_CLASSES)
-    logits = _outputs(model, ds, idx, device)[:, n_h : n_h + n_h * n_c].cpu().reshape(-1, n_h, n_c)
-    log_t = fit_log_temperature(logits, torch.from_numpy(ds.classes[idx]))
     with torch.no_grad():
-        model.log_temperature.fill_(log_t)
-    return math.exp(log_t)
+        model.horizon_log_temperature.zero_()
+        model.log_temperature.zero_()
+    logits = _outputs(model, ds, idx, device)[:, n_h : n_h + n_h * n_c].cpu().reshape(-1, n_h, n_c)
+    labels = torch.from_numpy(ds.classes[idx])
+    log_t = [fit_log_temperature(logits[:, h : h + 1], labels[:, h : h + 1]) for h in range(n_h)]
+    with torch.no_grad():
+        model.horizon_log_temperature.copy_(torch.tensor(log_t, dtype=torch.float32))
+    return tuple(math.exp(v) for v in log_t)

@@ -1,9 +1,15 @@
 """UnifiedPatchTST in PyTorch (DESIGN.md §5), built only from a ``ModelConfig``.
 
 ``forward`` maps ``[batch, 96, 240]`` float32 to ``[batch, 20]``: tanh returns (4), raw direction
-logits (12) and softplus risk (4), in the order of ``ml.model.schema``. The learnable temperature is
-a parameter of the module (so it travels with the weights) but ``forward`` does not apply it:
-decoding divides the logits by it, which keeps one place where probabilities are made.
+logits (12) and softplus risk (4), in the order of ``ml.model.schema``.
+
+Calibration has two parts, both fitted on validation data after training (ml/training.py) and
+stored with the weights. The per-horizon temperatures (buffer ``horizon_log_temperature``, one per
+horizon) are applied inside ``forward``: the 12 direction outputs are logits already divided by
+their horizon's temperature, so every consumer (PyTorch, ONNX) gets calibrated logits. The scalar
+temperature (``log_temperature``) is not applied by ``forward``: decoding divides by it, which keeps
+one place where probabilities are made. A model calibrated per horizon keeps it at 1; a version
+stored before per-horizon calibration has all horizon temperatures at 1 and only the scalar.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ def _head(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 class UnifiedPatchTST(nn.Module):
     positions: torch.Tensor  # a buffer (register_buffer below), typed for attribute access
+    horizon_log_temperature: torch.Tensor  # a buffer too
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -94,10 +101,17 @@ class UnifiedPatchTST(nn.Module):
         self.risk_head = _head(c.d_model, c.head_hidden, len(RISK_NAMES), c.dropout)
         # log T = 0 -> T = 1. Trained after the network, on validation data (ml/training.py).
         self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.register_buffer("horizon_log_temperature", torch.zeros(n_h))
 
     @property
     def temperature(self) -> float:
         return float(self.log_temperature.detach().exp())
+
+    @property
+    def horizon_temperatures(self) -> tuple[float, ...]:
+        """The per-horizon temperatures applied in ``forward`` (1.0 each until calibrated)."""
+        log_t = self.horizon_log_temperature
+        return tuple(float(v) for v in log_t.detach().exp())
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` -> pooled representation ``[B, d_model]``."""
@@ -116,6 +130,9 @@ class UnifiedPatchTST(nn.Module):
         h = self.embed(x)
         returns = torch.tanh(self.returns_head(h))
         logits = self.direction_head(h)
+        log_t = self.horizon_log_temperature
+        scale = torch.exp(-log_t).to(logits.dtype).repeat_interleave(len(DIRECTION_CLASSES))
+        logits = logits * scale
         risk = nn.functional.softplus(self.risk_head(h))
         return torch.cat([returns, logits, risk], dim=1)
 

@@ -26,7 +26,7 @@ from data.sources.factory import make_source, resolve_symbols
 from data.store import CandleStore
 from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
-from ml.model.schema import DIRECTION
+from ml.model.schema import DIRECTION, RETURNS
 from ml.outputs import ModelOutputs
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
@@ -58,12 +58,15 @@ def settings(tmp_path: Path) -> Settings:
 
 
 class LongModelServer(FixedModelServer):
-    """The untrained model, with its primary horizon's LONG logit raised: every signal is a LONG."""
+    """The untrained model, with its primary horizon's LONG logit and predicted return raised (a 3 %
+    move beats any trading cost): every signal is a LONG."""
 
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:
         out = super().predict(tensor, version)
         logits = out.outputs.copy()
-        logits[:, DIRECTION.start + 3 * Settings().decoding.primary_horizon] += 8.0
+        primary = Settings().decoding.primary_horizon
+        logits[:, DIRECTION.start + 3 * primary] += 8.0
+        logits[:, RETURNS.start + primary] = 0.5
         return ModelOutputs(out.version, logits, out.temperature, out.schema)
 
 

@@ -4,6 +4,8 @@ backfills the live window itself."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import types
 from collections.abc import Iterator
@@ -19,8 +21,11 @@ from core.timegrid import MINUTE_MS, floor_minute, iso_minute, ms_to_dt, now_ms
 from data import db
 from data.models import PipelineRun, SignalRecord
 from data.sources.factory import make_source, resolve_symbols
+from ml import background
+from ml.registry import Registry
 from pipeline.ledger import RunLedger
-from tests.support.model_fixtures import make_registry
+from tests.support.model_fixtures import make_registry, random_model, random_scaler
+from tests.unit.test_bootstrap_background import promote_a_random_model
 from worker.app import app as celery_app
 from worker.embedded import EmbeddedThreads, embedded_runtime
 from worker.queues import Queue
@@ -86,6 +91,53 @@ def test_live_run_reports_the_minutes_it_was_down_and_runs_the_next(workspace: S
     # Every minute in between has its row: missed ones, and none left out.
     assert set(statuses[1:-1]) == {"missed"}
     assert len(statuses) >= 6
+
+
+@pytest.fixture
+def quick_champion(workspace: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registry whose champion is a quick first-run model (and nothing else): the run's background
+    upgrade is due."""
+    root = workspace.data_dir / "quick-models"
+    monkeypatch.setenv("MLSIG_MODEL__REGISTRY_DIR", str(root))
+    reset_settings_cache()
+    training = {"symbols": ["BTC/USDT:USDT"], "recipe": {"name": "quick"}}
+    version, _ = Registry(root).register(random_model(3), random_scaler(3), training, {})
+    return version
+
+
+def test_live_run_without_background_training(quick_champion: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "BACKGROUND_TARGET", promote_a_random_model)
+    result = runner.invoke(app, ["run", "--minutes", "1", "--no-background-training"])
+    assert result.exit_code == 0, result.output
+    assert f"the champion {quick_champion} is the quick first-run model" in result.output
+    assert "background training of the full recipe is off" in result.output
+    assert "background training started" not in result.output
+    assert result.output.count(" done: 4 signals") == 1
+    assert Registry(Settings().model.registry_dir).versions() == [quick_champion]
+
+
+def test_live_run_upgrades_in_the_background_and_serves_the_new_champion(
+    quick_champion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child (a stand-in that promotes a version at once, then waits) runs beside the minutes;
+    the minute pipeline serves the new champion without a restart, and the child ends with the run."""
+    monkeypatch.setattr(background, "BACKGROUND_TARGET", promote_a_random_model)
+    result = runner.invoke(app, ["run", "--minutes", "2"])
+    assert result.exit_code == 0, result.output
+    started = re.search(r"background training started \(pid (\d+)", result.output)
+    assert started, result.output
+    registry = Registry(Settings().model.registry_dir)
+    promoted = registry.resolve("champion")
+    assert promoted != quick_champion
+    assert f"background training promoted: promoted {promoted}" in result.output
+    assert "background training stopped with the run" in result.output
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.group(1)), 0)
+    assert result.output.count(" done: 4 signals") == 2
+    with db.get_engine(Settings().database_url).connect() as conn:
+        runs = conn.execute(PipelineRun.__table__.select().order_by(PipelineRun.minute)).fetchall()
+    # The child promotes seconds after the start, the second minute a minute after the first.
+    assert runs[-1].model_version == promoted
 
 
 def test_embedded_runtime_serves_every_queue_reports_a_dead_worker_and_stops(tmp_path: Path) -> None:

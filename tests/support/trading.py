@@ -30,6 +30,8 @@ TRADING = {
     "slippage_bps": 10.0,
     "risk_per_trade": 0.01,
     "confidence_min_scale": 0.5,
+    # The hand-worked sizes scale confidence from a 0.6 floor (the signals' default floor is 0.4).
+    "min_confidence": 0.6,
     "max_leverage": 5.0,
     "max_exposure_total": 20.0,
     "max_exposure_per_symbol": 10.0,

@@ -28,7 +28,7 @@ from ml.scaling import RobustScaler
 from tests.support.feature_fixtures import BAR_MINUTES, candles, sim_bars
 
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT", "DOGE/USDT:USDT"]
-DAYS = 10
+DAYS = 20  # three days of feature warm-up, two 3.6-day purge gaps, and room for three parts
 CONFIG = ModelConfig()
 SPEC = DatasetSpec(phases=(0, 7), train_fraction=0.5, val_fraction=0.25)
 Candles = dict[str, pd.DataFrame]  # symbol -> 1-minute candles
@@ -82,7 +82,7 @@ def test_thresholds_are_inclusive_flat() -> None:
 
 def test_split_is_time_ordered_with_purge_gaps(ds: Dataset) -> None:
     gap = SPEC.gap_bars(CONFIG) * BAR_MS
-    assert gap == (48 + 96) * BAR_MS
+    assert gap == (48 + 96 + FEATURE_SPEC.warmup) * BAR_MS
     train, val, test = (ds.anchor_ms[ds.part == p] for p in (TRAIN, VAL, TEST))
     assert train.size
     assert val.size
@@ -94,6 +94,10 @@ def test_split_is_time_ordered_with_purge_gaps(ds: Dataset) -> None:
     assert val.max() + CONFIG.max_horizon * BAR_MS < test.min()
     # Nor does a later part's input window reach back into an earlier part's label period.
     assert val.min() - (CONFIG.context - 1) * BAR_MS > train.max() + CONFIG.max_horizon * BAR_MS
+    # Nor the older bars its features read (the warm-up).
+    reach = (CONFIG.context - 1 + FEATURE_SPEC.warmup) * BAR_MS
+    assert val.min() - reach > train.max() + CONFIG.max_horizon * BAR_MS
+    assert test.min() - reach > val.max() + CONFIG.max_horizon * BAR_MS
     assert (ds.part == PURGED).sum() > 0
     assert ds.split.val_start_ms - ds.split.train_end_ms == gap
 

@@ -154,3 +154,28 @@ def test_zero_initialised_heads_start_neutral() -> None:
         out = m(torch.randn(2, 96, 240))
     assert torch.equal(out[:, RETURNS], torch.zeros(2, 4))
     assert torch.equal(out[:, DIRECTION], torch.zeros(2, 12))
+
+
+def test_horizon_temperatures_divide_each_horizons_logits_inside_forward() -> None:
+    """Per-horizon calibration lives in the network: every consumer (PyTorch, ONNX) gets calibrated
+    logits, and the other outputs do not move."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig()).eval()
+    for head in (model.returns_head, model.direction_head, model.risk_head):
+        out = head[-1]
+        assert isinstance(out, torch.nn.Linear)
+        torch.nn.init.normal_(out.weight, std=0.2)
+    assert "horizon_log_temperature" in model.state_dict()
+    x = torch.randn(4, 96, 240)
+    with torch.inference_mode():
+        before = model(x)
+        model.horizon_log_temperature.copy_(torch.log(torch.tensor([1.0, 2.0, 0.5, 4.0])))
+        after = model(x)
+        model.horizon_log_temperature.zero_()
+    assert model.horizon_temperatures == pytest.approx((1.0, 1.0, 1.0, 1.0))
+    logits_before = before[:, DIRECTION].reshape(4, 4, 3)
+    logits_after = after[:, DIRECTION].reshape(4, 4, 3)
+    for h, t in enumerate((1.0, 2.0, 0.5, 4.0)):
+        torch.testing.assert_close(logits_after[:, h], logits_before[:, h] / t)
+    torch.testing.assert_close(after[:, RETURNS], before[:, RETURNS])
+    torch.testing.assert_close(after[:, RISK], before[:, RISK])

@@ -87,7 +87,7 @@ def test_empty_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_evaluate_prints_and_stores_metrics(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _use(monkeypatch, trained)
-    result = runner.invoke(app, ["model", "evaluate", "champion", "--device", "cpu"])
+    result = runner.invoke(app, ["model", "evaluate", "champion", "--device", "cpu", "--holdout-days", "1"])
     assert result.exit_code == 0, result.output
     assert "IC per time" in result.output
     assert "confusion, 4 bars" in result.output

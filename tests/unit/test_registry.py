@@ -117,6 +117,21 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path: Path) -> None:
         registry.load(version)
 
 
+def test_a_version_stored_before_per_horizon_calibration_still_loads(tmp_path: Path) -> None:
+    """Older weights have no ``horizon_log_temperature``: they load with every horizon at T = 1."""
+    registry, (version,) = make_registry(tmp_path)
+    path = registry.versions_dir / version / "weights.pt"
+    state = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    del state["horizon_log_temperature"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes(buffer.getvalue())
+    _resign(registry, version)
+    loaded = registry.load(version)
+    assert loaded.model.horizon_temperatures == pytest.approx((1.0, 1.0, 1.0, 1.0))
+    assert loaded.temperature == pytest.approx(1.3, rel=1e-6)
+
+
 def test_first_version_is_champion_then_challengers(tmp_path: Path) -> None:
     registry, (a, b, c) = make_registry(tmp_path, 3)
     aliases = registry.aliases()

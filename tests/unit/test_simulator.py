@@ -1,4 +1,8 @@
-"""The market simulator: deterministic, range-independent, realistic enough, with a measurable effect."""
+"""The market simulator: deterministic, range-independent, realistic enough, with a measurable effect.
+
+The candle-level tests run on the default (switching) market; the figures of the older momentum
+effect on ``effect="momentum"``. tests/unit/test_simulator_switching.py covers the switching effect.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from core.settings import SimulatorSettings
 from core.timegrid import MINUTE_MS, parse_minute
 from data.candles import CANDLE_COLUMNS
 from data.sources.base import CandleSource
-from data.sources.simulator import SimulatedMarket
+from data.sources.simulator import Effect, SimulatedMarket
 
 DAY_MS = 1440 * MINUTE_MS
 JAN_2024 = parse_minute("2024-01-01T00:00:00Z")
@@ -30,6 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def market() -> SimulatedMarket:
     return SimulatedMarket(seed=7, universe_size=1000)
+
+
+@pytest.fixture(scope="module")
+def momentum_market() -> SimulatedMarket:
+    return SimulatedMarket(seed=7, universe_size=1000, effect="momentum")
 
 
 def closes(market: SimulatedMarket, symbols: list[str], start: int, days: int) -> np.ndarray:
@@ -78,7 +87,9 @@ def test_is_a_candle_source_with_real_looking_tickers_then_synthetic_ones() -> N
 
 def test_from_settings_uses_seed_and_universe_size() -> None:
     market = SimulatedMarket.from_settings(SimulatorSettings(seed=3, universe_size=60))
-    assert (market.seed, len(market.list_symbols())) == (3, 60)
+    assert (market.seed, len(market.list_symbols()), market.effect) == (3, 60, "switching")
+    market = SimulatedMarket.from_settings(SimulatorSettings(effect="momentum"))
+    assert market.effect == "momentum"
 
 
 def test_unknown_symbol_raises_unknown_symbol_error() -> None:
@@ -152,10 +163,42 @@ def test_same_market_in_another_process() -> None:
     assert out.stdout.strip() == frame_digest(here)
 
 
+# Candles of the momentum market as the simulator made them before the switching effect existed
+# (rows 0, 777, 1439, 1440 and 2879 from 2024-01-01, seed 7: open, high, low, close, volume). Prices and
+# volumes are whole ticks and lots, so only a numpy change of a sampling algorithm can move them.
+MOMENTUM_PINNED = {
+    "BTC/USDT:USDT": [
+        (58200.0, 58215.0, 58185.0, 58207.0, 7.12),
+        (56583.0, 56588.0, 56535.0, 56537.0, 162.17),
+        (57147.0, 57237.0, 57133.0, 57215.0, 77.32),
+        (57215.0, 57294.0, 57212.0, 57274.0, 39.39),
+        (60600.0, 60709.0, 60578.0, 60704.0, 145.3),
+    ],
+    "SIM0123/USDT:USDT": [
+        (12.501, 12.503, 12.486, 12.487, 1522.6),
+        (11.964, 11.97, 11.947, 11.948, 651.3),
+        (12.434, 12.466, 12.431, 12.449, 2387.8),
+        (12.449, 12.503, 12.444, 12.493, 2533.5),
+        (12.091, 12.18, 12.081, 12.154, 1860.5),
+    ],
+}
+
+
+@pytest.mark.parametrize("symbol", sorted(MOMENTUM_PINNED))
+def test_the_momentum_market_keeps_its_candles(momentum_market: SimulatedMarket, symbol: str) -> None:
+    frame = momentum_market.fetch(symbol, JAN_2024, JAN_2024 + 2 * DAY_MS)
+    rows = frame.iloc[[0, 777, 1439, 1440, 2879]][["open", "high", "low", "close", "volume"]]
+    assert [tuple(row) for row in rows.itertuples(index=False)] == MOMENTUM_PINNED[symbol]
+    # The default market is another one: the same market factor, other idiosyncratic moves.
+    switching = SimulatedMarket(seed=7).fetch(symbol, JAN_2024, JAN_2024 + 2 * DAY_MS)
+    assert not np.array_equal(switching["close"].to_numpy(), frame["close"].to_numpy())
+
+
 # 2023-12-21 00:00 UTC is day 19712 = 616 × 32: a boundary of the simulator's 32-day level blocks.
 BLOCK_EDGE = parse_minute("2023-12-21T00:00:00Z")
 
 
+@pytest.mark.parametrize("effect", ["switching", "momentum"])
 @pytest.mark.parametrize(
     ("symbol", "start"),
     [
@@ -164,9 +207,9 @@ BLOCK_EDGE = parse_minute("2023-12-21T00:00:00Z")
         ("DOGE/USDT:USDT", -DAY_MS - 5 * MINUTE_MS),  # across the 1970 epoch
     ],
 )
-def test_any_split_of_a_range_gives_the_same_candles(symbol: str, start: int) -> None:
+def test_any_split_of_a_range_gives_the_same_candles(symbol: str, start: int, effect: Effect) -> None:
     end = start + 3 * DAY_MS + 31 * MINUTE_MS
-    whole = SimulatedMarket(seed=7).fetch(symbol, start, end)
+    whole = SimulatedMarket(seed=7, effect=effect).fetch(symbol, start, end)
     assert len(whole) == (end - start) // MINUTE_MS
     rng = np.random.default_rng(0)
     day_edge = (start // DAY_MS + 1) * DAY_MS
@@ -174,12 +217,12 @@ def test_any_split_of_a_range_gives_the_same_candles(symbol: str, start: int) ->
     cuts += [int(start + MINUTE_MS * rng.integers(1, (end - start) // MINUTE_MS)) for _ in range(4)]
     for cut in cuts:
         # A fresh market per half, so that no cache can hide a dependence on the order of calls.
-        left = SimulatedMarket(seed=7).fetch(symbol, start, cut)
-        right = SimulatedMarket(seed=7).fetch(symbol, cut, end)
+        left = SimulatedMarket(seed=7, effect=effect).fetch(symbol, start, cut)
+        right = SimulatedMarket(seed=7, effect=effect).fetch(symbol, cut, end)
         joined = pd.concat([left, right], ignore_index=True)
         pd.testing.assert_frame_equal(joined, whole, check_exact=True)
     # Many small pieces from one long-lived market, fetched newest first.
-    market = SimulatedMarket(seed=7)
+    market = SimulatedMarket(seed=7, effect=effect)
     edges = sorted({start, end, *cuts})
     pieces = [market.fetch(symbol, a, b) for a, b in reversed(list(itertools.pairwise(edges)))]
     pd.testing.assert_frame_equal(pd.concat(pieces[::-1], ignore_index=True), whole, check_exact=True)
@@ -289,31 +332,33 @@ def test_effect_is_described() -> None:
     assert "docs/SIMULATOR.md" in text
 
 
-def test_momentum_effect_is_learnable_from_15_minute_bars(market: SimulatedMarket) -> None:
-    ic, regime = momentum_ic(market)
+def test_momentum_effect_is_learnable_from_15_minute_bars(momentum_market: SimulatedMarket) -> None:
+    ic, regime = momentum_ic(momentum_market)
     # Overlapping 1 h windows every 15 min: about 670 cross-sections of 30 symbols.
     assert ic.mean() > 0.05, ic.mean()
     assert ic[regime == "turbulent"].mean() > 0.1
     assert ic[regime == "turbulent"].mean() > ic[regime == "calm"].mean() + 0.05
 
 
-def test_momentum_effect_controls_are_near_zero(market: SimulatedMarket) -> None:
-    without, _ = momentum_ic(SimulatedMarket(seed=7, effect_strength=0.0))
+def test_momentum_effect_controls_are_near_zero(momentum_market: SimulatedMarket) -> None:
+    without, _ = momentum_ic(SimulatedMarket(seed=7, effect_strength=0.0, effect="momentum"))
     assert abs(without.mean()) < 0.03, without.mean()
     # Shuffling the outcomes across symbols breaks the link, whatever the market did.
-    symbols = market.list_symbols()[:30]
-    log_close = np.log(closes(market, symbols, JAN_2024, 7)[:, 14::15]).T
+    symbols = momentum_market.list_symbols()[:30]
+    log_close = np.log(closes(momentum_market, symbols, JAN_2024, 7)[:, 14::15]).T
     past = log_close[4:-4] - log_close[:-8]
     future = log_close[8:] - log_close[4:-4]
     shuffled = np.random.default_rng(1).permuted(future, axis=1)
     assert abs(cross_sectional_ic(past, shuffled).mean()) < 0.03
 
 
-def test_a_pickled_market_is_the_same_market() -> None:
-    market = SimulatedMarket(seed=9, universe_size=70, effect_strength=0.5)
+@pytest.mark.parametrize("effect", ["switching", "momentum"])
+def test_a_pickled_market_is_the_same_market(effect: Effect) -> None:
+    market = SimulatedMarket(seed=9, universe_size=70, effect_strength=0.5, effect=effect)
     market.fetch("BTC/USDT:USDT", JAN_2024, JAN_2024 + 60 * MINUTE_MS)  # warm caches must not matter
     clone = pickle.loads(pickle.dumps(market))
-    assert (clone.seed, clone.universe_size, clone.effect_strength) == (9, 70, 0.5)
+    assert (clone.seed, clone.universe_size, clone.effect_strength, clone.effect) == (9, 70, 0.5, effect)
+    assert repr(clone) == repr(market)
     pd.testing.assert_frame_equal(
         clone.fetch("SIM0066/USDT:USDT", JAN_2024, JAN_2024 + DAY_MS),
         market.fetch("SIM0066/USDT:USDT", JAN_2024, JAN_2024 + DAY_MS),

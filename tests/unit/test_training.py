@@ -21,6 +21,7 @@ from tests.support.feature_fixtures import START_MS
 
 TINY = TrainingRecipe(
     days=12,
+    purge_bars=48 + 96,  # 12 days leave no room for the default gap, which adds the 200-bar warm-up
     symbols=6,
     train_fraction=0.5,
     val_fraction=0.25,
@@ -158,3 +159,36 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     labels = torch.distributions.Categorical(logits=true_logits).sample()
     log_t = fit_log_temperature(true_logits * 2.5, labels)  # over-confident by 2.5
     assert np.exp(log_t) == pytest.approx(2.5, rel=0.05)
+
+
+def test_the_teacher_weight_is_chosen_by_the_pilots_validation_ic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each candidate weight gets a pilot run; the one with the best validation IC at 1 h trains the
+    model, and every pilot's figure is reported."""
+    import ml.training as training
+
+    market = SimulatedMarket(seed=3)
+    candles = {s: market.fetch(s, START_MS, START_MS + 12 * 86_400_000) for s in market.list_symbols()[:4]}
+    recipe = TINY.model_copy(update={"epochs": 1, "distill_candidates": (0.0, 0.5, 0.8)})
+    ds = build_dataset(candles, recipe.model, recipe.dataset_spec())
+    planted = {0.0: 0.01, 0.5: 0.05, 0.8: 0.03}
+    seen: list[float] = []
+    real_validate = training.validate
+
+    def validate(model, ds, idx, recipe, stats, device):
+        metrics = real_validate(model, ds, idx, recipe, stats, device)
+        if recipe.distill_candidates == ():  # a pilot (the full run keeps the candidates)
+            seen.append(recipe.distill_returns)
+            metrics["val_ic_h4"] = planted[recipe.distill_returns]
+        return metrics
+
+    monkeypatch.setattr(training, "validate", validate)
+    result = fit(ds, recipe, torch.device("cpu"))
+    assert seen == [0.0, 0.5, 0.8]
+    assert result.extra["distill_weight"] == 0.5
+    assert result.extra["distill_pilot_val_ic"] == {"0": 0.01, "0.5": 0.05, "0.8": 0.03}
+    assert result.recipe is not None
+    assert (result.recipe.distill_returns, result.recipe.distill_direction) == (0.5, 0.5)
+    assert len(result.extra["temperatures"]) == 4
+    assert result.model.horizon_temperatures == pytest.approx(tuple(result.extra["temperatures"]))
+    assert result.model.temperature == pytest.approx(1.0)
+

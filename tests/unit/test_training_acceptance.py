@@ -1,10 +1,11 @@
-"""Acceptance: the default recipe learns the simulator's effect (about 3-4 minutes on 2 cores).
+"""Acceptance: the default recipe learns the default simulator's effect (a few minutes on 2 cores).
 
 Trains ``TrainingRecipe()`` exactly as ``mlsignals model train`` does, on a fixed six-week window of
-the simulator (seed 7, 50 symbols, from 2024-02-01, so the result does not depend on today's date),
-and checks the held-out period: direction accuracy above the majority class for at least one
-horizon, and a positive information coefficient per time (cross-sectional) at 15 minutes and 1 hour,
-where docs/SIMULATOR.md puts the momentum effect. Deselect with ``-m "not slow"``.
+the default simulator (seed 7, the switching effect, 50 symbols, from 2024-02-01, so the result
+does not depend on today's date), and checks the held-out test split: a positive information
+coefficient per time at 1 h, roughly calibrated probabilities at every horizon, and actionable
+signals on both sides. The committed report (docs/reports/default-recipe/) has the full
+evaluation of the same recipe. Deselect with ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from core.timegrid import MINUTE_MS, parse_minute
 from data.sources.simulator import SimulatedMarket
+from ml.baselines import fit_baselines
 from ml.dataset import build_dataset
 from ml.decoding import DecodeRules
 from ml.evaluation import evaluate_outputs, predict_outputs
@@ -24,8 +26,8 @@ START = parse_minute("2024-02-01T00:00:00Z")
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_default_recipe_beats_the_majority_class_and_finds_the_momentum() -> None:
+@pytest.mark.timeout(1500)
+def test_default_recipe_learns_the_effect_with_calibrated_probabilities() -> None:
     recipe = TrainingRecipe()
     market = SimulatedMarket(seed=7)
     end = START + int(recipe.days * 1440) * MINUTE_MS
@@ -34,20 +36,25 @@ def test_default_recipe_beats_the_majority_class_and_finds_the_momentum() -> Non
     result = fit(ds, recipe, torch.device("cpu"))
     test = ds.indices("test")
     outputs = predict_outputs(result.model, ds, test, torch.device("cpu"))
+    baselines = fit_baselines(ds, ds.indices("train"), recipe).predict(ds, test)
     metrics = evaluate_outputs(
-        outputs, result.model.temperature, OutputSchema.from_config(recipe.model), ds, test, DecodeRules()
+        outputs,
+        result.model.temperature,
+        OutputSchema.from_config(recipe.model),
+        ds,
+        test,
+        DecodeRules(),
+        baselines=baselines,
     )
     horizons = metrics["horizons"]
     summary = [
-        (
-            h["horizon_bars"],
-            round(h["accuracy"], 4),
-            round(h["majority_accuracy"], 4),
-            round(h["ic_per_time"], 4),
-        )
+        (h["horizon_bars"], round(h["ic"]["network"]["mean"], 4), round(h["calibration"]["ece"], 4))
         for h in horizons
     ]
-    print("held-out (bars, accuracy, majority, IC per time):", summary)
-    assert any(h["beats_majority"] for h in horizons), summary
-    assert horizons[0]["ic_per_time"] > 0.02, summary
-    assert horizons[1]["ic_per_time"] > 0.02, summary
+    print("held-out (bars, IC per time, ECE):", summary, "signals:", metrics["signals"]["by_direction"])
+    # The test split is about two days: loose bounds (the committed report has the month-long view).
+    assert horizons[1]["ic"]["network"]["mean"] > 0.02, summary
+    assert all(h["calibration"]["ece"] <= 0.1 for h in horizons), summary
+    signals = metrics["signals"]
+    assert signals["long"] > 0, signals
+    assert signals["short"] > 0, signals

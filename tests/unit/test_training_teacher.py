@@ -16,7 +16,7 @@ SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT"]
 
 @pytest.fixture(scope="module")
 def ds() -> Dataset:
-    spec = DatasetSpec(train_fraction=0.5, val_fraction=0.25)
+    spec = DatasetSpec(train_fraction=0.5, val_fraction=0.25, purge_bars=48 + 96)
     return build_dataset({s: candles(s, 10) for s in SYMBOLS}, ModelConfig(), spec)
 
 
