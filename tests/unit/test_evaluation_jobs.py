@@ -9,6 +9,7 @@ is the evaluation around it, and a real fit costs half a minute.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,10 @@ def test_evaluate_reports_the_test_split_and_the_period_before_training(ws: Work
 
 def test_a_version_without_baselines_gets_them_refitted(ws: Workspace) -> None:
     loaded = ws.registry.load(ws.version)
-    old, _ = ws.registry.register(loaded.model, loaded.scaler, loaded.training, {})
+    # Same weights, another registration time: the version id (time + weights hash) stays unique.
+    old, _ = ws.registry.register(
+        loaded.model, loaded.scaler, loaded.training, {}, now=datetime(2029, 1, 1, tzinfo=UTC)
+    )
     assert ws.registry.load(old).baselines is None
     _, metrics = evaluate_version(ws.settings, ws.store, old, device="cpu", holdout_days=0)
     assert metrics["baselines"]["source"] == "refitted"
@@ -195,7 +199,12 @@ def test_a_held_out_period_the_source_cannot_provide_is_reported_not_raised(
         "start_ms": training["candles"]["start_ms"] - 20 * 86_400_000,
     }
     assert loaded.baselines is not None
-    moved, _ = ws.registry.register(loaded.model, loaded.scaler, training, {}, baselines=loaded.baselines)
+    # Same weights: a different registration time keeps the version id (time + weights hash) apart
+    # from the original's, which may have been registered within the same second.
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    moved, _ = ws.registry.register(
+        loaded.model, loaded.scaler, training, {}, baselines=loaded.baselines, now=later
+    )
     monkeypatch.setattr("ml.jobs.make_source", DownSource)
     _, metrics = evaluate_version(ws.settings, ws.store, moved, device="cpu", holdout_days=1)
     holdout = metrics["holdout"]
