@@ -123,21 +123,25 @@ def fit_baselines(
     recipe: TrainingRecipe,
     *,
     max_iter: int = LOGISTIC_MAX_ITER,
+    teacher: LinearTeacher | None = None,
 ) -> Baselines:
-    """Fit the three baselines on the training samples ``train_idx`` of ``ds``."""
+    """Fit the three baselines on the training samples ``train_idx`` of ``ds``. ``teacher``: the
+    linear teacher that training already fitted on the same samples, target and penalties (the
+    ridge and logistic baselines are that model), so it is not fitted twice."""
     if train_idx.size < 2:
         raise ValueError(f"baselines need training samples, got {train_idx.size}")
-    stats = target_stats(ds, train_idx, recipe)
-    target = targets(ds, train_idx, recipe, stats)[0].astype(np.float64)
-    teacher, _, _ = fit_teacher(
-        ds,
-        train_idx,
-        target,
-        eps=recipe.model.revin_eps,
-        ridge=recipe.teacher_ridge,
-        l2=recipe.teacher_l2,
-        max_iter=max_iter,
-    )
+    if teacher is None:
+        stats = target_stats(ds, train_idx, recipe)
+        target = targets(ds, train_idx, recipe, stats)[0].astype(np.float64)
+        teacher, _, _ = fit_teacher(
+            ds,
+            train_idx,
+            target,
+            eps=recipe.model.revin_eps,
+            ridge=recipe.teacher_ridge,
+            l2=recipe.teacher_l2,
+            max_iter=max_iter,
+        )
     feature = past_return_feature(recipe.model.bar_minutes)
     values = ds.x[ds.row[train_idx], FEATURE_SPEC.index(feature)].astype(np.float64)
     neutral = ds.neutral_returns[train_idx]

@@ -120,7 +120,7 @@ def train_version(
     )
     result = fit(ds, recipe, torch_device, progress)
     progress.start("baselines", 1)
-    baselines = fit_baselines(ds, ds.indices("train"), recipe)
+    baselines = fit_baselines(ds, ds.indices("train"), recipe, teacher=result.teacher)
     progress.update(1)
 
     test_idx = ds.indices("test")

@@ -43,7 +43,7 @@ from ml.losses import TargetStats, fit_log_temperature, loss_terms, target_stats
 from ml.model.config import DIRECTION_CLASSES, ModelConfig
 from ml.model.network import UnifiedPatchTST, build_model
 from ml.progress import NullProgress, Progress
-from ml.teacher import fit_teacher
+from ml.teacher import LinearTeacher, fit_teacher
 
 
 class LossWeights(BaseModel):
@@ -151,6 +151,7 @@ class FitResult:
     stopped_early: bool
     extra: dict[str, Any] = field(default_factory=dict)
     recipe: TrainingRecipe | None = None  # as trained: with the teacher weight the pilots chose
+    teacher: LinearTeacher | None = None  # the linear teacher, when the run fitted one
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -259,8 +260,14 @@ class _Teaching:
         return np.searchsorted(self.train_idx, batch)
 
 
-# The teacher's predictions for the training samples, fitted once per training run (pilots included).
-TeacherCache = dict[str, npt.NDArray[np.float64]]
+@dataclass
+class TeacherCache:
+    """The linear teacher, fitted once per training run (pilots included), and its predictions for
+    the training samples; the fitted teacher is also the ridge/logistic baseline (ml/baselines.py)."""
+
+    teacher: LinearTeacher | None = None
+    returns: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty((0, 0)))
+    probs: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty((0, 0, 0)))
 
 
 def _teach(
@@ -274,9 +281,9 @@ def _teach(
     if recipe.distill_returns == 0 and recipe.distill_direction == 0:
         return None
     ret, _, _ = targets(ds, train_idx, recipe, stats)
-    if not cache:
+    if cache.teacher is None:
         progress.start("linear teacher", 1)
-        _, t_ret, t_probs = fit_teacher(
+        cache.teacher, t_ret, t_probs = fit_teacher(
             ds,
             train_idx,
             ret.astype(np.float64),
@@ -284,10 +291,10 @@ def _teach(
             ridge=recipe.teacher_ridge,
             l2=recipe.teacher_l2,
         )
-        cache["returns"] = np.clip(t_ret, -stats.return_clip, stats.return_clip)
-        cache["probs"] = t_probs
+        cache.returns = np.clip(t_ret, -stats.return_clip, stats.return_clip)
+        cache.probs = t_probs
         progress.update(1)
-    t_ret, t_probs = cache["returns"], cache["probs"]
+    t_ret, t_probs = cache.returns, cache.probs
     mixed = recipe.distill_returns * t_ret + (1 - recipe.distill_returns) * ret
     return _Teaching(
         train_idx=train_idx,
@@ -503,7 +510,7 @@ def _fit(
     rng: np.random.Generator,
     began: float,
 ) -> FitResult:
-    cache: TeacherCache = {}
+    cache = TeacherCache()
     recipe, chosen = _choose_distillation(ds, recipe, device, progress, cache)
     seed_everything(recipe.seed)
     run = _prepare(ds, recipe, device, progress, rng, cache)
@@ -533,6 +540,7 @@ def _fit(
         stopped_early=stopped_early,
         extra={"temperatures": list(temperatures), **chosen},
         recipe=recipe,
+        teacher=cache.teacher,
     )
 
 
