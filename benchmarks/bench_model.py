@@ -62,9 +62,11 @@ def matmul_gflops(n: int, repeat: int) -> float:
 
 def training_throughput(batch: int, steps: int, bf16: bool) -> float:
     torch.manual_seed(0)
-    config = ModelConfig()
+    config = TrainingRecipe().model
     model = build_model(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if model.linear is not None:
+        model.linear.requires_grad_(False)  # as training does: the linear path is fitted, not trained
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = torch.randn(batch, config.context, config.n_features)
 
     def step() -> None:
@@ -84,7 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeat = 5 if args.quick else 15
-    config = ModelConfig()
+    # The architecture the training recipes build and the registry serves (with the linear path).
+    config = TrainingRecipe().model
     torch.manual_seed(0)
     model = build_model(config).eval()
     flops = model_flops(model, config)

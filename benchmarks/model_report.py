@@ -85,6 +85,13 @@ def build_report(
             "samples_seen": fit["samples_seen"],
             "samples_per_second": fit["samples_per_second"],
             "best_epoch": fit["best_epoch"],
+            # Epoch 0 is the linear path alone (the closed-form fit), when the model has one.
+            "val_ic_1h_by_epoch": json_ready(
+                [
+                    {"epoch": int(h["epoch"]), "val_ic_1h": h.get("val_ic_h4")}
+                    for h in outcome.training["history"]
+                ]
+            ),
             "distill_weight": fit.get("distill_weight"),
             "distill_pilot_val_ic": fit.get("distill_pilot_val_ic"),
             "temperatures": fit.get("temperatures"),

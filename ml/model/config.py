@@ -42,6 +42,12 @@ class ModelConfig(BaseModel):
     # thresholds, for one); a forecasting model gets them back by de-normalising its output, these
     # heads cannot, so they get them here. docs/MODEL.md has the measurements.
     revin_stats: bool = True
+    # A linear path beside the transformer ("wide and deep"): the returns logits get a linear map of
+    # the newest bar's RevIN-normalised features, the direction logits one of those features plus
+    # the RevIN statistics. Training sets it to the closed-form ridge / logistic fit on the training
+    # rows (ml/teacher.py) and keeps it fixed, so the transformer learns only what a linear model
+    # misses; docs/MODEL.md has the measurements. Off for versions stored before it existed.
+    linear_path: bool = False
     # Horizons in bars (15 m, 1 h, 4 h, 12 h with 15-minute bars) and the bar length they assume.
     horizons: tuple[int, int, int, int] = (1, 4, 16, 48)
     bar_minutes: int = Field(15, ge=1)

@@ -3,6 +3,11 @@
 ``forward`` maps ``[batch, 96, 240]`` float32 to ``[batch, 20]``: tanh returns (4), raw direction
 logits (12) and softplus risk (4), in the order of ``ml.model.schema``.
 
+With ``linear_path`` (the training recipes' setting) a linear map of the newest bar's
+RevIN-normalised features (and, for the classes, the RevIN statistics) is added to the returns and
+direction heads before their activations: training sets it to the closed-form ridge / logistic fit
+and freezes it, so the transformer learns what the linear model misses (docs/MODEL.md).
+
 Calibration has two parts, both fitted on validation data after training (ml/training.py) and
 stored with the weights. The per-horizon temperatures (buffer ``horizon_log_temperature``, one per
 horizon) are applied inside ``forward``: the 12 direction outputs are logits already divided by
@@ -39,13 +44,59 @@ class RevIN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T, F]`` -> (normalised ``[B, T, F]``, statistics ``[B, 2F]``: mean, log std)."""
+        y, stats = self.normalise(x)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y, stats
+
+    def normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``forward`` without the affine map (what the linear path reads)."""
         mean = x.mean(dim=1, keepdim=True)
         var = x.var(dim=1, keepdim=True, unbiased=False)
         y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
         stats = torch.cat([mean, 0.5 * torch.log(var + self.eps)], dim=2).squeeze(1)
         return y, stats
+
+
+class LinearPath(nn.Module):
+    """The linear ("wide") part of the model: returns and direction logits that are linear in the
+    newest bar's RevIN-normalised features ``z`` (returns) and in ``[z, RevIN statistics]``
+    standardised by fixed training-row moments (direction). Zero until ``load_fit`` sets it."""
+
+    input_mean: torch.Tensor  # buffers, typed for attribute access
+    input_scale: torch.Tensor
+
+    def __init__(self, n_features: int, n_horizons: int) -> None:
+        super().__init__()
+        self.returns = nn.Linear(n_features, n_horizons)
+        self.direction = nn.Linear(3 * n_features, n_horizons * len(DIRECTION_CLASSES))
+        for layer in (self.returns, self.direction):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.register_buffer("input_mean", torch.zeros(3 * n_features))
+        self.register_buffer("input_scale", torch.ones(3 * n_features))
+
+    def forward(self, last: torch.Tensor, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(returns ``[B, H]``, direction logits ``[B, 3H]``) in the heads' pre-activation units."""
+        features = (torch.cat([last, stats], dim=1) - self.input_mean) / self.input_scale
+        return self.returns(last), self.direction(features)
+
+    @torch.no_grad()
+    def load_fit(
+        self,
+        returns_coef: torch.Tensor,
+        direction_coef: torch.Tensor,
+        direction_mean: torch.Tensor,
+        direction_scale: torch.Tensor,
+    ) -> None:
+        """Set the weights from a linear fit: ``returns_coef`` ``[F + 1, H]`` on ``[z, 1]``,
+        ``direction_coef`` ``[3F + 1, 3H]`` on ``[standardised [z, stats], 1]`` (ml/teacher.py)."""
+        self.returns.weight.copy_(returns_coef[:-1].T)
+        self.returns.bias.copy_(returns_coef[-1])
+        self.direction.weight.copy_(direction_coef[:-1].T)
+        self.direction.bias.copy_(direction_coef[-1])
+        self.input_mean.copy_(direction_mean)
+        self.input_scale.copy_(direction_scale)
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
@@ -99,6 +150,7 @@ class UnifiedPatchTST(nn.Module):
         self.returns_head = _head(c.d_model, c.head_hidden, n_h, c.dropout)
         self.direction_head = _head(c.d_model, c.head_hidden, n_h * len(DIRECTION_CLASSES), c.dropout)
         self.risk_head = _head(c.d_model, c.head_hidden, len(RISK_NAMES), c.dropout)
+        self.linear = LinearPath(c.n_features, n_h) if c.linear_path else None
         # log T = 0 -> T = 1. Trained after the network, on validation data (ml/training.py).
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self.register_buffer("horizon_log_temperature", torch.zeros(n_h))
@@ -115,9 +167,10 @@ class UnifiedPatchTST(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` -> pooled representation ``[B, d_model]``."""
-        z: torch.Tensor
-        stats: torch.Tensor
-        z, stats = self.revin(x)
+        return self._encode(*self.revin(x))
+
+    def _encode(self, z: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """RevIN's output (affine map applied) and statistics -> pooled representation."""
         z = self.patch(z.transpose(1, 2)).transpose(1, 2)  # [B, patches, d_model]
         z = z + self.positions
         if self.stats is not None:
@@ -127,9 +180,16 @@ class UnifiedPatchTST(nn.Module):
         return z.mean(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
-        returns = torch.tanh(self.returns_head(h))
+        z, stats = self.revin.normalise(x)
+        affine = z * self.revin.weight + self.revin.bias if self.revin.affine else z
+        h = self._encode(affine, stats)
+        returns = self.returns_head(h)
         logits = self.direction_head(h)
+        if self.linear is not None:
+            linear_returns, linear_logits = self.linear(z[:, -1, :], stats)
+            returns = returns + linear_returns
+            logits = logits + linear_logits
+        returns = torch.tanh(returns)
         log_t = self.horizon_log_temperature
         scale = torch.exp(-log_t).to(logits.dtype).repeat_interleave(len(DIRECTION_CLASSES))
         logits = logits * scale

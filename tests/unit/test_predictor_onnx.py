@@ -19,8 +19,9 @@ pytest.importorskip("onnxscript")
 TOLERANCE = 1e-5
 
 
-def test_onnx_outputs_equal_eager_outputs(tmp_path: Path) -> None:
-    registry, _ = make_registry(tmp_path, 2)
+@pytest.mark.parametrize("linear_path", [False, True], ids=["transformer", "with-linear-path"])
+def test_onnx_outputs_equal_eager_outputs(tmp_path: Path, linear_path: bool) -> None:
+    registry, _ = make_registry(tmp_path, 2, linear_path)
     eager = Predictor.load(registry, "champion", Settings(model={"registry_dir": tmp_path, "device": "cpu"}))
     onnx = Predictor.load(
         registry, "champion", Settings(model={"registry_dir": tmp_path, "device": "cpu", "backend": "onnx"})

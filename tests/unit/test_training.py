@@ -30,6 +30,8 @@ TINY = TrainingRecipe(
     batch_size=48,
     val_max_samples=96,
     patience=1,
+    # Six symbols give no usable validation IC (NaN), so the best epoch goes by the loss here.
+    early_stopping="val_loss",
 )
 
 
@@ -97,10 +99,34 @@ def test_training_is_deterministic() -> None:
     candles = {s: market.fetch(s, START_MS, START_MS + 12 * 86_400_000) for s in market.list_symbols()[:4]}
     recipe = TINY.model_copy(update={"epochs": 1})
     ds = build_dataset(candles, recipe.model, recipe.dataset_spec())
-    a = fit(ds, recipe, torch.device("cpu")).model.state_dict()
-    b = fit(ds, recipe, torch.device("cpu")).model.state_dict()
+    first, second = fit(ds, recipe, torch.device("cpu")), fit(ds, recipe, torch.device("cpu"))
+    a, b = first.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The trained epoch's validation figures too (the best epoch may be 0, the linear path alone).
+    assert [h["epoch"] for h in first.history] == [0.0, 1.0]
+    assert first.history[1]["val_loss"] != first.history[0]["val_loss"]
+    for key in ("val_loss", "val_acc_h4", "train_loss"):
+        assert first.history[1][key] == second.history[1][key]
+
+
+def test_the_linear_path_is_the_stored_linear_baseline_and_stays_fixed(workspace: dict) -> None:  # type: ignore[type-arg]
+    """Training loads the closed-form ridge / logistic fit into the model's linear path and never
+    moves it: the stored model's linear weights are the stored baselines' coefficients."""
+    from ml.baselines import Baselines
+
+    settings, result = workspace["settings"], workspace["result"]
+    loaded = Registry(settings.model.registry_dir).load(result.version)
+    assert loaded.model.linear is not None
+    assert loaded.baselines is not None
+    teacher = Baselines.from_arrays(loaded.baselines).teacher
+    linear = loaded.model.linear
+    returns_weight = linear.returns.weight.detach().numpy().T
+    np.testing.assert_allclose(returns_weight, teacher.returns_coef[:-1], rtol=1e-5, atol=1e-7)
+    direction_bias = linear.direction.bias.detach().numpy()
+    np.testing.assert_allclose(direction_bias, teacher.direction_coef[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(linear.input_scale.numpy(), teacher.direction_scale, rtol=1e-5)
+    assert loaded.training["history"][0]["epoch"] == 0
 
 
 def test_a_second_training_run_registers_a_challenger(workspace: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -191,4 +217,3 @@ def test_the_teacher_weight_is_chosen_by_the_pilots_validation_ic(monkeypatch: p
     assert len(result.extra["temperatures"]) == 4
     assert result.model.horizon_temperatures == pytest.approx(tuple(result.extra["temperatures"]))
     assert result.model.temperature == pytest.approx(1.0)
-

@@ -1,6 +1,6 @@
 """Acceptance: the default recipe learns the default simulator's effect (a few minutes on 2 cores).
 
-Trains ``TrainingRecipe()`` exactly as ``mlsignals model train`` does, on a fixed six-week window of
+Trains ``TrainingRecipe()`` exactly as ``mlsignals model train`` does, on a fixed eight-week window of
 the default simulator (seed 7, the switching effect, 50 symbols, from 2024-02-01, so the result
 does not depend on today's date), and checks the held-out test split: a positive information
 coefficient per time at 1 h, roughly calibrated probabilities at every horizon, and actionable
@@ -36,7 +36,7 @@ def test_default_recipe_learns_the_effect_with_calibrated_probabilities() -> Non
     result = fit(ds, recipe, torch.device("cpu"))
     test = ds.indices("test")
     outputs = predict_outputs(result.model, ds, test, torch.device("cpu"))
-    baselines = fit_baselines(ds, ds.indices("train"), recipe).predict(ds, test)
+    baselines = fit_baselines(ds, ds.indices("train"), recipe, teacher=result.teacher).predict(ds, test)
     metrics = evaluate_outputs(
         outputs,
         result.model.temperature,

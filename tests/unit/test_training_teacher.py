@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ml.dataset import Dataset, DatasetSpec, build_dataset
-from ml.model import ModelConfig
+from ml.model import ModelConfig, build_model
 from ml.teacher import fit_teacher, window_features
+from ml.training import load_linear_path
 from tests.support.feature_fixtures import candles
 
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT"]
@@ -44,3 +46,25 @@ def test_teacher_recovers_a_planted_linear_signal(ds: Dataset) -> None:
     ret2, probs2 = teacher.predict(ds, idx)
     np.testing.assert_allclose(ret2, ret)
     np.testing.assert_allclose(probs2, probs)
+
+
+def test_the_models_linear_path_reproduces_the_linear_fit(ds: Dataset) -> None:
+    """With the linear fit loaded and the transformer heads still at their zero start, the model's
+    outputs are the fit's: ridge returns (through tanh) and logistic class probabilities."""
+    idx = ds.indices("train")
+    rng = np.random.default_rng(1)
+    target = rng.normal(scale=0.05, size=(idx.size, 4)) + 0.1 * window_features(ds, idx, 1e-5)[0][:, [3]]
+    teacher, _, _ = fit_teacher(ds, idx, target, eps=1e-5, ridge=1.0, l2=1.0)
+    model = build_model(ModelConfig(linear_path=True)).eval()
+    load_linear_path(model, teacher)
+    assert model.linear is not None
+    assert not any(p.requires_grad for p in model.linear.parameters())
+    some = idx[::53]
+    with torch.inference_mode():
+        out = model(torch.from_numpy(ds.windows(some))).double().numpy()
+    ret, probs = teacher.predict(ds, some)
+    np.testing.assert_allclose(out[:, :4], np.tanh(ret), atol=2e-4)
+    logits = out[:, 4:16].reshape(-1, 4, 3)
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(axis=-1, keepdims=True), probs, atol=2e-4)
+    assert np.abs(ret).max() > 0.01  # the fit is not trivially zero
