@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ml.dataset import Dataset, DatasetError, DatasetSpec
-from ml.evaluation import ic_per_time
+from ml.evaluation import ic_per_time, predict_outputs
 from ml.losses import TargetStats, fit_log_temperature, loss_terms, target_stats, targets
 from ml.model.config import DIRECTION_CLASSES, ModelConfig
 from ml.model.network import UnifiedPatchTST, build_model
@@ -644,15 +644,10 @@ def _choose_distillation(
 
 
 def _outputs(
-    model: UnifiedPatchTST, ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device, batch: int = 512
+    model: UnifiedPatchTST, ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device
 ) -> torch.Tensor:
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, idx.shape[0], batch):
-            xb = torch.from_numpy(ds.windows(idx[start : start + batch])).to(device)
-            parts.append(model(xb))
-    return torch.cat(parts)
+    """The model's float32 outputs for ``idx`` on ``device`` (the evaluation's batched forward)."""
+    return torch.from_numpy(predict_outputs(model, ds, idx, device)).float().to(device)
 
 
 def validate(

@@ -45,9 +45,11 @@ class RevIN(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T, F]`` -> (normalised ``[B, T, F]``, statistics ``[B, 2F]``: mean, log std)."""
         y, stats = self.normalise(x)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y, stats
+        return self.apply_affine(y), stats
+
+    def apply_affine(self, y: torch.Tensor) -> torch.Tensor:
+        """The learned per-feature map ``γ·y + β`` (the identity without ``affine``)."""
+        return y * self.weight + self.bias if self.affine else y
 
     def normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``forward`` without the affine map (what the linear path reads)."""
@@ -181,8 +183,7 @@ class UnifiedPatchTST(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, stats = self.revin.normalise(x)
-        affine = z * self.revin.weight + self.revin.bias if self.revin.affine else z
-        h = self._encode(affine, stats)
+        h = self._encode(self.revin.apply_affine(z), stats)
         returns = self.returns_head(h)
         logits = self.direction_head(h)
         if self.linear is not None:
