@@ -100,6 +100,8 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.bench_stream
 	$(BIN)/python -m benchmarks.bench_pipeline --source exchange --rest-latency-ms 150 --symbols 100 500 --minutes 10
 	$(BIN)/python -m benchmarks.bench_orders
+	$(BIN)/python -m benchmarks.bench_metrics
+	$(BIN)/python -m benchmarks.bench_pipeline --symbols 100 --minutes 30 --metrics compare
 
 # The chaos suite: single faults against the real distributed deployment on both brokers (private
 # Redis and RabbitMQ, their own databases), about 29 minutes; tables in var/chaos/summary-*.md and

@@ -37,8 +37,26 @@ class SignalSettings(BaseModel):
 
 
 class MonitoringSettings(BaseModel):
+    """Prometheus metrics and the values alert rules compare against (docs/MONITORING.md)."""
+
+    # Off: `mlsignals metrics serve` refuses to start and workers write no heartbeats.
     metrics_enabled: bool = True
+    # Exported as mlsignals_alert_threshold_ratio: signal coverage (signals / symbols asked) below it alerts.
     alert_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    host: str = "127.0.0.1"
+    port: int = Field(9500, ge=0, le=65535)
+    # The exporter reads the ledger, the tables and Redis this often; scrapes serve the newest snapshot.
+    # Prometheus scrapes every 15 s (deploy/prometheus/prometheus.yml): refreshing more often is work
+    # no scrape would see.
+    refresh_seconds: float = Field(15.0, gt=0.0)
+    # Exported as gauges so that the alert rules need no templating (DESIGN.md §8: 500 symbols <= 8 s).
+    minute_budget_seconds: float = Field(8.0, gt=0.0)
+    inference_budget_seconds: float = Field(1.5, gt=0.0)
+    # Workers announce themselves in Redis this often; one silent for three periods counts as down.
+    worker_heartbeat_seconds: float = Field(10.0, gt=0.0)
+    # The exporter lowers its CPU priority by this much (os.nice): sharing cores with the workers,
+    # a refresh yields to the minute instead of delaying it; metrics can wait a few milliseconds.
+    exporter_nice: int = Field(10, ge=0, le=19)
 
 
 class MLIntegrationSettings(BaseModel):

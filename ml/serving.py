@@ -8,6 +8,7 @@ takes effect at the next minute without a restart.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +21,10 @@ from ml.scaling import RobustScaler
 
 
 class RegistryModelServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_load: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        # Told the version after each model load (start or hot reload): the worker counts them.
+        self.on_load = on_load
         self.registry = Registry(settings.model.registry_dir)
         self._scalers: dict[str, RobustScaler] = {}
         self._predictor: Predictor | None = None
@@ -42,6 +45,8 @@ class RegistryModelServer:
         with self._lock:
             if self._predictor is None or self._predictor.version != version:
                 self._predictor = Predictor.load(self.registry, version, self.settings)
+                if self.on_load is not None:
+                    self.on_load(version)
             return self._predictor
 
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:

@@ -67,4 +67,55 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
     || echo "ensure-services: docker-compose not installed; its compose check will be skipped"
 fi
+
+# Required: promtool/amtool and the prometheus/alertmanager daemons (Debian's 2.42 / 0.25), which
+# tests/unit/test_monitoring_rules.py runs on loopback ports of its own. The packages' postinst
+# would start both daemons on 9090/9093/9094: a policy-rc.d that exits 101 forbids that (ours is
+# removed afterwards; one that was already there is left alone), and whatever started anyway is
+# stopped after: only processes of the two Debian binaries that appeared during the install and
+# are not a test's own (those listen on 127.0.0.1 by flag). Matched by /proc/PID/exe, since
+# "prometheus-alertmanager" is longer than the 15 characters pgrep/pkill compare.
+debian_monitoring_daemons() { # PIDs of /usr/bin/prometheus{,-alertmanager} not started by a test
+  local proc exe
+  for proc in /proc/[0-9]*; do
+    exe=$(readlink "$proc/exe" 2>/dev/null) || continue
+    case "$exe" in
+      /usr/bin/prometheus|/usr/bin/prometheus-alertmanager)
+        tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -q -- '--web.listen-address=127.0.0.1:' \
+          || echo "${proc#/proc/}" ;;
+    esac
+  done
+}
+if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: promtool/amtool are missing; run this script as root on a Debian machine" \
+      "(it installs the Debian packages prometheus and prometheus-alertmanager)" >&2
+    exit 1
+  fi
+  echo "ensure-services: installing prometheus and prometheus-alertmanager (promtool, amtool)"
+  running_before=" $(debian_monitoring_daemons | tr '\n' ' ') "
+  created_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  install_ok=1
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    prometheus prometheus-alertmanager) >/tmp/ensure-services-prometheus.log 2>&1 || install_ok=""
+  if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  for pid in $(debian_monitoring_daemons); do
+    case "$running_before" in
+      *" $pid "*) ;;
+      *) echo "ensure-services: stopping the daemon the package started (pid $pid)"; kill "$pid" 2>/dev/null || true ;;
+    esac
+  done
+  if [ -z "$install_ok" ] || ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+    echo "ensure-services: installing prometheus/prometheus-alertmanager failed; the monitoring tests" \
+      "need promtool, amtool, prometheus and prometheus-alertmanager (log: /tmp/ensure-services-prometheus.log)" >&2
+    exit 1
+  fi
+fi
+echo "ensure-services: promtool $(promtool --version 2>&1 | awk 'NR==1{print $3}') and amtool $(amtool --version 2>&1 | awk 'NR==1{print $3}') are installed"
 echo "ensure-services: $up are up"

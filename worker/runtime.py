@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import redis
 
+from core.logging import get_logger
 from core.settings import Settings, get_settings
 from data import db
 from data.sources.base import CandleSource
@@ -24,6 +25,7 @@ from pipeline.ledger import RunLedger
 from pipeline.locks import MinuteLock, RedisMinuteLock
 from pipeline.signal_store import SignalStore
 from pipeline.window_store import RedisWindowStore, WindowStore
+from worker.telemetry import record_model_load
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +46,8 @@ class ModelServer(Protocol):
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs: ...
 
     def warm_up(self) -> str: ...
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -76,8 +80,16 @@ class Runtime:
             if self.models is None:
                 from ml.serving import RegistryModelServer
 
-                self.models = RegistryModelServer(self.settings)
+                self.models = RegistryModelServer(self.settings, on_load=self._count_model_load)
             return self.models
+
+    def _count_model_load(self, version: str) -> None:
+        if self.redis_client is None or not self.settings.ml_integration.monitoring.metrics_enabled:
+            return
+        try:
+            record_model_load(self.redis_client)
+        except redis.RedisError as exc:  # a metric never fails a prediction
+            log.warning("model load not counted", version=version, error=str(exc))
 
     def trader(self) -> Trader:
         """The order executor of ``trading.mode`` (live: the exchange client and its keys), built once."""

@@ -123,6 +123,7 @@ class CandleStreamService:
                     break
                 attempt = 0 if time.monotonic() - began > HEALTHY_SESSION_S else attempt + 1
                 self.stats.reconnects += 1
+                self._count_reconnect()
                 delay = self.backoff_s(attempt)
                 log.warning("stream reconnecting", reason=ended, attempt=attempt, delay_s=round(delay, 2))
                 await _wait(stop, delay)
@@ -181,6 +182,13 @@ class CandleStreamService:
                 # The database or the exchange failed: the candles stay buffered for the next flush.
                 self.stats.flush_errors += 1
                 log.exception("stream flush failed; candles kept for the next flush")
+
+    def _count_reconnect(self) -> None:
+        """The durable count the metrics exporter serves; losing one to a Redis hiccup is harmless."""
+        try:
+            self.watermarks.count_reconnect(self.exchange)
+        except Exception as exc:  # noqa: BLE001  (a metric must never stop the stream)
+            log.warning("stream reconnect not counted", error=f"{type(exc).__name__}: {exc}")
 
     # -- flush ------------------------------------------------------------------------------------
     def flush(self, updates: Sequence[KlineUpdate] = ()) -> int:

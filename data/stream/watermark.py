@@ -6,7 +6,8 @@ run, a condition variable in the embedded one), never a polling loop. Watermarks
 whoever advances them (the stream, or a feature task that had to fetch over REST).
 
 Redis keys, per exchange ``X``: ``candles:X:wm`` (hash symbol -> open ms), ``candles:X:alive`` (set by
-the running stream service with a short TTL), channel ``candles:X:wm`` (JSON of the marks that
+the running stream service with a short TTL), ``candles:X:reconnects`` (how often the stream service
+reconnected, ever: the metrics exporter reads it), channel ``candles:X:wm`` (JSON of the marks that
 moved) and channel ``candles:X:minutes`` (each minute the stream completed, for observers).
 """
 
@@ -55,12 +56,20 @@ class WatermarkStore(Protocol):
 
     def is_alive(self, exchange: str) -> bool: ...
 
+    def count_reconnect(self, exchange: str) -> None: ...
+
+    def reconnects(self, exchange: str) -> int: ...
+
     def announce_minute(self, exchange: str, open_ms: int, symbols: int, lagging: Sequence[str]) -> None: ...
 
 
 def _keys(exchange: str) -> tuple[str, str, str, str]:
     base = f"candles:{exchange}"
     return f"{base}:wm", f"{base}:alive", f"{base}:wm", f"{base}:minutes"
+
+
+def _reconnects_key(exchange: str) -> str:
+    return f"candles:{exchange}:reconnects"
 
 
 class RedisWatermarks:
@@ -112,6 +121,12 @@ class RedisWatermarks:
     def is_alive(self, exchange: str) -> bool:
         return bool(self.client.exists(_keys(exchange)[1]))
 
+    def count_reconnect(self, exchange: str) -> None:
+        self.client.incr(_reconnects_key(exchange))
+
+    def reconnects(self, exchange: str) -> int:
+        return int(self.client.get(_reconnects_key(exchange)) or 0)
+
     def announce_minute(self, exchange: str, open_ms: int, symbols: int, lagging: Sequence[str]) -> None:
         payload = {"minute_open_ms": open_ms, "symbols": symbols, "lagging": list(lagging)[:50]}
         self.client.publish(_keys(exchange)[3], json.dumps(payload))
@@ -123,6 +138,7 @@ class MemoryWatermarks:
     def __init__(self) -> None:
         self._marks: dict[tuple[str, str], int] = {}
         self._alive_until: dict[str, float] = {}
+        self._reconnects: dict[str, int] = {}
         self._changed = threading.Condition()
         self.minutes: list[tuple[str, int, int]] = []
         # The symbols that were behind at each announced minute, by (exchange, open_ms).
@@ -162,6 +178,14 @@ class MemoryWatermarks:
     def is_alive(self, exchange: str) -> bool:
         with self._changed:
             return self._alive_until.get(exchange, 0.0) > time.monotonic()
+
+    def count_reconnect(self, exchange: str) -> None:
+        with self._changed:
+            self._reconnects[exchange] = self._reconnects.get(exchange, 0) + 1
+
+    def reconnects(self, exchange: str) -> int:
+        with self._changed:
+            return self._reconnects.get(exchange, 0)
 
     def announce_minute(self, exchange: str, open_ms: int, symbols: int, lagging: Sequence[str]) -> None:
         with self._changed:

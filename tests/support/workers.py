@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery import Celery
+
 from worker.queues import Queue, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +85,27 @@ def running_fleet(
         yield fleet
     finally:
         fleet.stop()
+
+
+def wait_for_workers(client: Celery, fleet: WorkerFleet, timeout_s: float = 120.0) -> None:
+    """Until every started worker process answers a ping; a clear error when they do not."""
+    expected = [f"{w.queue.value} (pid {w.process.pid})" for w in fleet.started]
+    deadline = time.monotonic() + timeout_s
+    answered: list[str] = []
+    while time.monotonic() < deadline:
+        answered = sorted(name for reply in client.control.ping(timeout=0.5) or [] for name in reply)
+        if len(answered) >= len(fleet.started):
+            return
+        if any(w.process.poll() is not None for w in fleet.started):
+            break  # a worker exited: waiting longer cannot help
+    exited = [
+        f"{w.queue.value} (exit code {w.process.returncode})"
+        for w in fleet.started
+        if w.process.poll() is not None
+    ]
+    raise RuntimeError(
+        f"the workers did not come up: waited up to {timeout_s:.0f} s for {len(expected)} Celery worker "
+        f"processes ({', '.join(expected)}) to answer a ping on broker "
+        f"{client.conf.broker_url}; {len(answered)} answered ({', '.join(answered) or 'none'}); "
+        f"exited: {', '.join(exited) or 'none'}.\nWorker logs (tail):\n{fleet.logs()}"
+    )

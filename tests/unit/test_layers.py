@@ -3,10 +3,10 @@
 Every ``import`` and ``from ... import`` of the application packages counts: absolute and relative,
 at module level, inside functions and under ``TYPE_CHECKING``. The rules:
 
-* Layers: ``core < data < {ml, trading} < pipeline < worker < tasks < cli``. A package imports only
-  itself and packages strictly below it, so ``ml`` and ``trading`` never import each other.
-  ``celeryconfig`` is for ``worker`` alone, and no package imports ``tests``, ``benchmarks``,
-  ``migrations`` or ``scripts``.
+* Layers: ``core < data < {ml, trading} < pipeline < worker < {tasks, monitoring} < cli``. A
+  package imports only itself and packages strictly below it, so ``ml`` and ``trading`` never
+  import each other, nor ``tasks`` and ``monitoring``. ``celeryconfig`` is for ``worker`` alone,
+  and no package imports ``tests``, ``benchmarks``, ``migrations`` or ``scripts``.
 * No import cycle between packages (the order implies it; checked on its own all the same), nor
   between the parts of ``data`` and ``ml`` (their modules and sub-packages, e.g. ``data.exchange``
   and ``data.stream``).
@@ -36,7 +36,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"ml", "trading"}),
     frozenset({"pipeline"}),
     frozenset({"worker"}),
-    frozenset({"tasks"}),
+    frozenset({"tasks", "monitoring"}),
     frozenset({"cli"}),
 )
 # First-party top-level names outside the layers, and the packages that may import each.

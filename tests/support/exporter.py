@@ -1,0 +1,33 @@
+"""``mlsignals metrics serve`` in its own process, as users start it, for the tests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+
+@contextmanager
+def serving_exporter(env: Mapping[str, str], *args: str) -> Iterator[str]:
+    """Start ``mlsignals metrics serve --port 0 ARGS`` with ``env``; yields ``host:port``; SIGTERM
+    on exit, which must end it cleanly (exit status 0)."""
+    command = [sys.executable, "-m", "cli.main", "metrics", "serve", "--port", "0", *args]
+    proc = subprocess.Popen(
+        command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once the server is bound
+        found = re.search(r"http://([\d.]+):(\d+)/metrics", line)
+        if found is None:
+            proc.kill()
+            raise AssertionError(f"the exporter did not start: {line}{proc.stdout.read()}")
+        yield f"{found[1]}:{found[2]}"
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0, "the exporter did not stop cleanly on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
