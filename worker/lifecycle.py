@@ -64,6 +64,8 @@ def _start_heartbeat(hostname: str, queues: set[str]) -> None:
     settings = get_settings()
     if not settings.ml_integration.monitoring.metrics_enabled or not queues or _heartbeat is not None:
         return
+    # worker_ready comes from `celery worker` only: the embedded run (a bare WorkController, no
+    # Redis) never gets here.
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     _heartbeat = Heartbeat(
         client, hostname, queues, settings.ml_integration.monitoring.worker_heartbeat_seconds
