@@ -33,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from celery import Celery
 from sqlalchemy import Engine
 
 from benchmarks.common import (
@@ -70,8 +66,9 @@ from ml.features import FEATURE_SPEC
 from ml.registry import Registry
 from pipeline.ledger import RunLedger
 from tasks.common import minute_dt
+from tests.support.exporter import start_exporter
 from tests.support.models import untrained_registry
-from tests.support.workers import running_fleet, wait_for_workers
+from tests.support.workers import celery_client, running_fleet, wait_for_workers
 from worker.queues import Queue
 
 STAGES = (
@@ -114,13 +111,7 @@ def replay(
     before_minute: Callable[[int], None] | None = None,
 ) -> tuple[list[Any], list[float]]:
     """Start the fleet and replay ``minutes`` minutes from ``first``; returns ledger rows, wall times."""
-    client = Celery(
-        "bench",
-        broker=env["MLSIG_CELERY__BROKER_URL"],
-        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
-        set_as_current=False,
-    )
-    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    client = celery_client(env, "bench")
     with running_fleet(env, tmp) as fleet:
         # The fleet starts one single-process features worker; a second one uses the second core.
         fleet.start(Queue.FEATURES, "--concurrency", "1")
@@ -171,21 +162,8 @@ class ExporterBeside:
     ``scrape_s`` while active. Inactive, the process is stopped (SIGSTOP): it costs nothing."""
 
     def __init__(self, env: dict[str, str], refresh_s: float, scrape_s: float) -> None:
-        command = [sys.executable, "-m", "cli.main", "metrics", "serve", "--port", "0"]
-        self.process = subprocess.Popen(
-            [*command, "--refresh-seconds", str(refresh_s)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # printed once it is bound
-        found = re.search(r"(http://[\d.]+:\d+/metrics)", line)
-        if found is None:
-            self.process.kill()
-            raise RuntimeError(f"the exporter did not start: {line}")
-        self.url = found[1]
+        self.process, address = start_exporter(env, "--refresh-seconds", str(refresh_s))
+        self.url = f"http://{address}/metrics"
         self.scrape_s = scrape_s
         self.active = False
         self.active_s = self.active_since = 0.0

@@ -151,17 +151,23 @@ def _actionable(direction: str) -> str:
     return "false" if direction == "NEUTRAL" else "true"
 
 
+def newest_finished_run(conn: Connection) -> Any:
+    """The newest minute that ended done, partial or failed (None before the first), by the unique
+    index on ``minute``: the row the coverage gauge and the tracked symbols both describe."""
+    return conn.execute(
+        select(RUNS.c.minute, RUNS.c.symbols_asked, RUNS.c.signals_made, RUNS.c.failures)
+        .where(RUNS.c.status.in_((*SUCCESS, FAILED)))
+        .order_by(RUNS.c.minute.desc())
+        .limit(1)
+    ).first()
+
+
 def _newest(conn: Connection) -> dict[str, float]:
     """The newest successful minute and the newest finished one, by the unique index on ``minute``."""
     success = conn.execute(
         select(RUNS.c.minute).where(RUNS.c.status.in_(SUCCESS)).order_by(RUNS.c.minute.desc()).limit(1)
     ).first()
-    newest = conn.execute(
-        select(RUNS.c.minute, RUNS.c.symbols_asked, RUNS.c.signals_made)
-        .where(RUNS.c.status.in_((*SUCCESS, FAILED)))
-        .order_by(RUNS.c.minute.desc())
-        .limit(1)
-    ).first()
+    newest = newest_finished_run(conn)
     out = {"mlsignals_last_success_minute_timestamp_seconds": _ts(success.minute) if success else 0.0}
     if newest is not None:
         out["mlsignals_newest_minute_timestamp_seconds"] = _ts(newest.minute)

@@ -23,10 +23,9 @@ from data.store import CandleStore
 from data.stream.watermark import WatermarkStore
 from ml.registry import Registry
 from monitoring.accumulators import LabelledCounter
-from monitoring.pipeline_metrics import RUNS, SIGNALS, SUCCESS
+from monitoring.pipeline_metrics import SIGNALS, newest_finished_run
 from monitoring.reasons import halt_code, rejection_code
 from monitoring.scan import SettledScan
-from pipeline.ledger import FAILED
 from trading.risk import Rejection
 from trading.states import CANCELLED, CLOSING, EXPIRED, FILLED, OPEN, REJECTED
 from worker.queues import Queue
@@ -65,12 +64,7 @@ def tracked_symbols(conn: Connection) -> list[str]:
 
     The pipeline's own universe, without asking the exchange or scanning the candle table.
     """
-    newest = conn.execute(
-        select(RUNS.c.minute, RUNS.c.failures)
-        .where(RUNS.c.status.in_((*SUCCESS, FAILED)))
-        .order_by(RUNS.c.minute.desc())
-        .limit(1)
-    ).first()
+    newest = newest_finished_run(conn)
     if newest is None:
         return []
     signalled = conn.execute(select(SIGNALS.c.symbol).where(SIGNALS.c.minute == newest.minute)).scalars()

@@ -18,7 +18,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from core.settings import reset_settings_cache
+from core.settings import redis_db_url, reset_settings_cache
 from data import db
 
 PG_BASE_URL = os.environ.get("MLSIG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -37,6 +37,12 @@ def _redis_target(url: str) -> tuple[str, int, int]:
         parts.port or 6379,
         int(path) if path.isdigit() else 0,
     )
+
+
+def redis_db(number: int) -> str:
+    """Database ``number`` of the tests' Redis server (never 0, the developer's)."""
+    assert number != 0, "db 0 is the developer's"
+    return redis_db_url(REDIS_URL, number)
 
 
 def redis_address(url: str = REDIS_URL) -> tuple[str, int]:

@@ -14,14 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
-import torch
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
-from core.settings import Settings, redis_db_url
+from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
@@ -30,16 +28,13 @@ from data.sources.simulator import SimulatedMarket
 from data.store import CandleStore
 from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
-from ml.model.config import ModelConfig
-from ml.model.network import build_model
-from ml.registry import Registry
-from ml.scaling import RobustScaler
 from pipeline.clock import minute_dt
 from pipeline.ledger import RunLedger
 from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from pipeline.signal_store import SignalStore
-from tests.conftest import REDIS_URL
-from tests.support.workers import WorkerFleet, running_fleet
+from tests.conftest import redis_db
+from tests.support.models import untrained_registry
+from tests.support.workers import WorkerFleet, celery_client, running_fleet
 from worker.queues import Queue, task_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,11 +43,6 @@ N_SYMBOLS = 50
 # This module's own databases on the test Redis (MLSIG_TEST_REDIS_URL), flushed before each test:
 # never the developer's db 0, nor a number another test uses.
 BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
-
-
-def redis_url(db: int) -> str:
-    assert db != 0, "db 0 is the developer's"
-    return redis_db_url(REDIS_URL, db)
 
 
 @dataclass
@@ -83,24 +73,20 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     """Redis unless a test asks for ``rabbitmq`` (indirect parametrisation)."""
     if getattr(request, "param", "redis") == "rabbitmq":
         return str(request.getfixturevalue("rabbit_vhost"))
-    return redis_url(BROKER_DB)
+    return redis_db(BROKER_DB)
 
 
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deployment]:
     for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(redis_url(number)).flushdb()
+        redis.Redis.from_url(redis_db(number)).flushdb()
     channel = f"signals-{uuid.uuid4().hex[:8]}"
-    registry = Registry(tmp_path / "models")
-    torch.manual_seed(0)
-    n = FEATURE_SPEC.n_features
-    identity = RobustScaler(FEATURE_SPEC.names, FEATURE_SPEC.hash, np.zeros(n), np.ones(n), 10.0, 2)
-    registry.register(build_model(ModelConfig()), identity, {"note": "untrained test model"}, {})
+    registry = untrained_registry(tmp_path / "models")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": redis_url(APP_DB),
+        "MLSIG_REDIS_URL": redis_db(APP_DB),
         "MLSIG_CELERY__BROKER_URL": broker_url,
-        "MLSIG_CELERY__RESULT_BACKEND": redis_url(BACKEND_DB),
+        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
         "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
         "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
         "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
@@ -120,17 +106,9 @@ def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deploym
         market.list_symbols()[:N_SYMBOLS], minutes / 1440, end_ms=floor_minute(now_ms()) - 10 * MINUTE_MS
     )
     assert report.ok
-    client = Celery(
-        "test-client",
-        broker=env["MLSIG_CELERY__BROKER_URL"],
-        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
-        set_as_current=False,
-    )
+    client = celery_client(env, "test-client")
     amqp = broker_url.startswith("amqp")
     client.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
         task_queues=task_queues(quorum=amqp),
         broker_transport_options={"confirm_publish": True} if amqp else {},
     )

@@ -35,7 +35,7 @@ import yaml
 from celery import Celery
 from sqlalchemy import Engine
 
-from core.settings import Settings, redis_db_url
+from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
 from data.ingest import Ingestor
@@ -45,7 +45,7 @@ from data.validation import ValidationPolicy
 from ml.features import FEATURE_SPEC
 from pipeline.clock import minute_dt
 from pipeline.ledger import RunLedger
-from tests.conftest import REDIS_URL
+from tests.conftest import redis_db
 from tests.support.catalogue import CATALOGUE_SERIES
 from tests.support.dashboards import dashboard_files, load_dashboard, metric_names, panel_queries, promql
 from tests.support.exporter import serving_exporter
@@ -60,7 +60,7 @@ from tests.support.prometheus import (
     run_alertmanager,
     run_prometheus,
 )
-from tests.support.workers import WorkerFleet, running_fleet, wait_for_workers
+from tests.support.workers import WorkerFleet, celery_client, running_fleet, wait_for_workers
 from trading.accounts import ensure_account
 from worker.queues import Queue
 
@@ -74,11 +74,6 @@ BOT_TOKEN = "4242:test-token"
 CHAT_ID = -1001234
 
 
-def redis_url(number: int) -> str:
-    assert number != 0, "db 0 is the developer's"
-    return redis_db_url(REDIS_URL, number)
-
-
 @dataclass
 class Deployment:
     env: dict[str, str]
@@ -90,13 +85,13 @@ class Deployment:
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(redis_url(number)).flushdb()
+        redis.Redis.from_url(redis_db(number)).flushdb()
     registry = untrained_registry(tmp_path / "models")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
         "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": redis_url(APP_DB),
-        "MLSIG_CELERY__BROKER_URL": redis_url(BROKER_DB),
-        "MLSIG_CELERY__RESULT_BACKEND": redis_url(BACKEND_DB),
+        "MLSIG_REDIS_URL": redis_db(APP_DB),
+        "MLSIG_CELERY__BROKER_URL": redis_db(BROKER_DB),
+        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
         "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
         "MLSIG_DATA__UNIVERSE_SIZE": str(N_SYMBOLS),
         "MLSIG_PIPELINE__CHANNEL": f"signals-{uuid.uuid4().hex[:8]}",
@@ -116,13 +111,7 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     assert report.ok
     # The paper account exists from the first intent on; created here so that its series exist.
     ensure_account(engine, Settings(database_url=pg_url), "paper", datetime.now(UTC))
-    client = Celery(
-        "e2e",
-        broker=env["MLSIG_CELERY__BROKER_URL"],
-        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
-        set_as_current=False,
-    )
-    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    client = celery_client(env, "e2e")
     yield Deployment(env, client, engine, tmp_path)
     client.close()
 

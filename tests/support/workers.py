@@ -109,3 +109,16 @@ def wait_for_workers(client: Celery, fleet: WorkerFleet, timeout_s: float = 120.
         f"{client.conf.broker_url}; {len(answered)} answered ({', '.join(answered) or 'none'}); "
         f"exited: {', '.join(exited) or 'none'}.\nWorker logs (tail):\n{fleet.logs()}"
     )
+
+
+def celery_client(env: Mapping[str, str], name: str) -> Celery:
+    """A client of the deployment in ``env`` (its broker and result backend), JSON only as the
+    workers; never the process's current app."""
+    client = Celery(
+        name,
+        broker=env["MLSIG_CELERY__BROKER_URL"],
+        backend=env["MLSIG_CELERY__RESULT_BACKEND"],
+        set_as_current=False,
+    )
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return client
