@@ -20,7 +20,10 @@ its features read — reaches back into a bar that a training label looked at.
 Direction classes are market-neutral, like the returns target: the class of a sample comes from its
 return minus the mean return of the symbols at the same anchor time (``cross_sectional_demean``;
 the raw return where fewer than ``MIN_NEUTRAL_GROUP`` symbols share the time). The class prior
-therefore holds no market drift of the training window: LONG means "beats the market".
+therefore holds no market drift of the training window: LONG means "beats the market". With
+``direction_labels="tercile"`` (the recipes' setting) the classes are the thirds of that
+cross-section (``ml.labels.tercile_classes``): LONG means "in the best third", and the class prior
+stays a third each in calm and wild periods alike.
 The scaler is fitted on rows that end before the first gap only.
 """
 
@@ -40,7 +43,7 @@ from core.timegrid import MINUTE_MS
 from data.bars import resample_anchored
 from data.store import CandleStore
 from ml.features import FEATURE_SPEC, compute
-from ml.labels import direction_classes, make_labels
+from ml.labels import direction_classes, make_labels, tercile_classes
 from ml.model.config import ModelConfig
 from ml.scaling import RobustScaler
 
@@ -274,7 +277,11 @@ def build_dataset(
     index = {name: i for i, name in enumerate(symbols)}
     returns = np.concatenate([s.returns for s in series])
     neutral = cross_sectional_demean(returns, anchor_ms)
-    classes = direction_classes(neutral, np.asarray(config.direction_thresholds, dtype=np.float64))
+    thresholds = np.asarray(config.direction_thresholds, dtype=np.float64)
+    if config.direction_labels == "tercile":
+        classes = tercile_classes(neutral, anchor_ms, thresholds, MIN_NEUTRAL_GROUP)
+    else:
+        classes = direction_classes(neutral, thresholds)
     ds = Dataset(
         x=x,
         row=np.concatenate([s.anchors + off for s, off in zip(series, offsets[:-1], strict=False)]),

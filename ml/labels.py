@@ -6,7 +6,10 @@ For the bar ending at anchor ``t`` (row ``t``, the newest bar a live signal at `
 * ``class_h`` = LONG (0) if ``return_h > threshold_h``, SHORT (1) if ``return_h < -threshold_h``,
   else FLAT (2): the band including its edges is FLAT. ``make_labels`` classifies the symbol's own
   return; the training samples (``ml.dataset``) classify the market-neutral return instead, with
-  the same ``direction_classes``, once all symbols of an anchor time are known;
+  the same ``direction_classes``, once all symbols of an anchor time are known; or, with
+  ``direction_labels="tercile"`` (the training recipes' setting), by ``tercile_classes``: the top
+  third of the cross-section's market-neutral returns at that anchor time is LONG, the bottom third
+  SHORT, the middle FLAT, so the class frequencies are a third each in every regime;
 * ``drawdown_w = max(0, 1 - min(low[t+1..t+w]) / close[t])`` and
   ``rally_w = max(0, max(high[t+1..t+w]) / close[t] - 1)`` for the risk windows ``w`` (4 and 16
   bars), in the order of ``ml.model.config.RISK_NAMES``.
@@ -41,6 +44,38 @@ def direction_classes(returns: FloatArray, thresholds: FloatArray) -> npt.NDArra
     out = np.full(returns.shape, FLAT, dtype=np.int64)
     out[returns > thresholds] = LONG
     out[returns < -thresholds] = SHORT
+    return out
+
+
+def tercile_classes(
+    neutral: FloatArray,
+    times: npt.NDArray[np.int64],
+    fallback_thresholds: FloatArray,
+    min_group: int,
+) -> npt.NDArray[np.int64]:
+    """Classes ``[n, H]`` by the rank of each sample's market-neutral return among the samples of
+    its anchor time: rank fraction ``(position + 0.5) / count`` above 2/3 is LONG, below 1/3 SHORT.
+
+    Why ranks and not a fixed band: a fixed band makes the class frequencies follow the market's
+    volatility (a calm month is mostly FLAT), so probabilities calibrated on one period are off on
+    the next; ranks keep the prior at a third per class whatever the regime, and leave the size of
+    the move to the returns head, which decoding already uses for the cost check (ml/decoding.py).
+    Anchor times with fewer than ``min_group`` samples have no cross-section to rank: there the
+    fixed ``fallback_thresholds`` apply, as ``direction_classes`` does.
+    """
+    out = direction_classes(neutral, fallback_thresholds)
+    _, group, counts = np.unique(times, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ranked = counts[group] >= min_group
+    for j in range(neutral.shape[1]):
+        order = np.lexsort((neutral[:, j], group))
+        fraction = np.empty(order.shape[0])
+        fraction[order] = (np.arange(order.shape[0]) - starts[group[order]] + 0.5) / counts[group[order]]
+        column = np.full(order.shape[0], FLAT, dtype=np.int64)
+        column[fraction > 2.0 / 3.0] = LONG
+        column[fraction < 1.0 / 3.0] = SHORT
+        out[ranked, j] = column[ranked]
     return out
 
 

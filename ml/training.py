@@ -65,7 +65,7 @@ class TrainingRecipe(BaseModel):
 
     # "default" (the full recipe) or "quick" (the first-run recipe): stored with every version.
     name: str = "default"
-    model: ModelConfig = ModelConfig(linear_path=True)
+    model: ModelConfig = ModelConfig(linear_path=True, direction_labels="tercile")
     days: float = Field(56.0, gt=0)
     symbols: int = Field(50, ge=1)
     phases: tuple[int, ...] = (0,)

@@ -6,6 +6,8 @@ rebuilt without any number hard-coded in the code that loads it. The defaults ar
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DIRECTION_CLASSES: tuple[str, ...] = ("LONG", "SHORT", "FLAT")
@@ -59,6 +61,11 @@ class ModelConfig(BaseModel):
     risk_scales: tuple[float, float, float, float] = (0.01, 0.01, 0.02, 0.02)
     # Direction thresholds per horizon: |return| <= threshold is FLAT (DESIGN.md §5).
     direction_thresholds: tuple[float, float, float, float] = (0.0015, 0.003, 0.007, 0.010)
+    # How training labels the direction classes (ml/labels.py): "threshold" is the fixed band above;
+    # "tercile" (the training recipes' setting) ranks the market-neutral returns of each anchor
+    # time in thirds, so the class prior does not move with volatility; the band then serves only
+    # anchor times with too few symbols to rank. "threshold" for versions stored before it existed.
+    direction_labels: Literal["threshold", "tercile"] = "threshold"
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -10,6 +10,7 @@ import pytest
 from core.timegrid import MINUTE_MS
 from data.bars import panel_from_candles
 from ml.dataset import (
+    MIN_NEUTRAL_GROUP,
     PURGED,
     TEST,
     TRAIN,
@@ -22,9 +23,10 @@ from ml.dataset import (
 )
 from ml.features import FEATURE_SPEC, build_live_batch, compute
 from ml.features.engine import epoch_ms
-from ml.labels import FLAT, LONG, SHORT, direction_classes, make_labels
+from ml.labels import FLAT, LONG, SHORT, direction_classes, make_labels, tercile_classes
 from ml.model import ModelConfig
 from ml.scaling import RobustScaler
+from ml.training import TrainingRecipe
 from tests.support.feature_fixtures import BAR_MINUTES, candles, sim_bars
 
 SYMBOLS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT", "DOGE/USDT:USDT"]
@@ -78,6 +80,38 @@ def test_an_incomplete_future_bar_removes_the_labels_that_need_it() -> None:
 def test_thresholds_are_inclusive_flat() -> None:
     r = np.array([[0.003], [-0.003], [0.0030001], [-0.0030001], [0.0]])
     assert direction_classes(r, np.array([0.003]))[:, 0].tolist() == [FLAT, FLAT, LONG, SHORT, FLAT]
+
+
+def test_tercile_classes_rank_each_anchor_time_in_thirds() -> None:
+    rng = np.random.default_rng(3)
+    # Two anchor times of 9 symbols, one of 3 (too few to rank: the fixed band decides there).
+    times = np.repeat(np.array([10, 20, 30]), [9, 9, 3])
+    returns = rng.normal(0.0, 0.01, size=(21, 2))
+    returns[9:18] *= 50  # a wild time: the thirds do not care how large the moves are
+    returns[18:] = [[0.02, 0.0], [-0.02, 0.0], [0.0, 0.0]]
+    classes = tercile_classes(returns, times, np.array([0.005, 0.005]), 5)
+    for t in (10, 20):
+        sel = times == t
+        for j in range(2):
+            assert np.bincount(classes[sel, j], minlength=3).tolist() == [3, 3, 3]
+            order = np.argsort(returns[sel, j])
+            assert classes[sel, j][order].tolist() == [SHORT] * 3 + [FLAT] * 3 + [LONG] * 3
+    assert classes[18:, 0].tolist() == [LONG, SHORT, FLAT]
+    assert classes[18:, 1].tolist() == [FLAT, FLAT, FLAT]
+
+
+def test_the_recipes_label_by_terciles_of_the_neutral_returns(data: Candles) -> None:
+    config = ModelConfig(direction_labels="tercile")
+    ds = build_dataset(data, config, SPEC)
+    expected = tercile_classes(
+        ds.neutral_returns, ds.anchor_ms, np.asarray(config.direction_thresholds), MIN_NEUTRAL_GROUP
+    )
+    np.testing.assert_array_equal(ds.classes, expected)
+    # Five symbols per anchor time, rank fractions 0.1 .. 0.9: two LONG, two SHORT, one FLAT.
+    same = ds.anchor_ms == ds.anchor_ms[0]
+    assert sorted(ds.classes[same, 0].tolist()) == [LONG, LONG, SHORT, SHORT, FLAT]
+    assert TrainingRecipe().model.direction_labels == "tercile"
+    assert ModelConfig().direction_labels == "threshold"  # what versions stored before it mean
 
 
 def test_split_is_time_ordered_with_purge_gaps(ds: Dataset) -> None:
