@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from cli.common import clean_errors, console, ready_store, settings
 from core.timegrid import iso_minute
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 # ml.* (and torch with it) is imported inside the commands that use it: it takes seconds.
 
@@ -358,8 +361,10 @@ def promote(version: str = VersionArgument) -> None:
     """Make VERSION the champion (the previous champion can be restored with rollback)."""
     from ml.jobs import registry_for
 
-    promoted = registry_for(settings()).promote(version)
+    s = settings()
+    promoted = registry_for(s).promote(version)
     console.print(f"champion is now {promoted}", highlight=False)
+    _lift_quality_breaker(s, promoted)
 
 
 @app.command()
@@ -368,8 +373,18 @@ def rollback() -> None:
     """Return the champion alias to the previous champion."""
     from ml.jobs import registry_for
 
-    restored = registry_for(settings()).rollback()
+    s = settings()
+    restored = registry_for(s).rollback()
     console.print(f"champion rolled back to {restored}", highlight=False)
+    _lift_quality_breaker(s, restored)
+
+
+def _lift_quality_breaker(s: Settings, champion: str) -> None:
+    """A new champion ends a quality-breaker halt of the one before (docs/SIGNAL_QUALITY.md)."""
+    from quality.events import resume_after_promotion
+
+    if resume_after_promotion(ready_store(s).engine, s, champion):
+        console.print(f"quality breaker lifted: {champion} is champion, trading resumed", highlight=False)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
+from cli import quality_cmds
 from cli.common import clean_errors, console, err_console, settings
 
 if TYPE_CHECKING:
@@ -20,6 +21,9 @@ app = typer.Typer(
 )
 
 BATCH = 100
+
+app.command("quality")(quality_cmds.quality)
+app.command("score")(quality_cmds.score)
 
 
 def describe(message: SignalMessage | HeartbeatMessage) -> str:

@@ -179,9 +179,13 @@ def halt(
 @app.command()
 @clean_errors
 def resume() -> None:
-    """Kill switch off: new intents are checked and placed again."""
-    from trading.executor import set_halted
+    """Kill switch off: new intents are checked and placed again (also after a quality-breaker trip,
+    which is recorded with the resume: docs/SIGNAL_QUALITY.md)."""
+    from quality.events import OPERATOR
+    from quality.events import resume as resume_trading
 
     s = settings()
-    set_halted(ready_store(s).engine, s, False)
-    console.print("trading resumed", highlight=False)
+    if resume_trading(ready_store(s).engine, s, source=OPERATOR, reason="resumed by the operator"):
+        console.print("trading resumed", highlight=False)
+    else:
+        console.print("trading was not halted", highlight=False)

@@ -201,6 +201,8 @@ class PipelineSettings(BaseModel):
     min_real_share_newest_bar: float = Field(0.5, ge=0.0, le=1.0)
     heartbeat_channel: str = "signals:heartbeat"
     channel: str = "signals"
+    # The shadow challenger's signals (docs/SIGNAL_QUALITY.md): published here, never traded.
+    shadow_channel: str = "signals:shadow"
     # The durable feed beside pub/sub: every signal and heartbeat is also appended to this Redis
     # Stream, trimmed to about this many entries (a day of 500 symbols is 720,000).
     stream_key: str = "signals:stream"
@@ -217,6 +219,57 @@ class PipelineSettings(BaseModel):
     # Transient infrastructure errors (database, Redis) inside a minute's task are retried by Celery
     # with exponential backoff and full jitter, bounded by the minute's deadline.
     task_max_retries: int = Field(4, ge=0)
+
+
+class BreakerSettings(BaseModel):
+    """The quality circuit breaker (docs/SIGNAL_QUALITY.md): halts new entries when the champion's
+    live signals stop working."""
+
+    enabled: bool = True
+    # The horizon it watches (index into 1, 4, 16, 48 bars); None: decoding.primary_horizon.
+    horizon: int | None = Field(None, ge=0, le=3)
+    # No verdict before this many resolved actionable signals since the last resume or promotion.
+    min_samples: int = Field(200, ge=1)
+    # The window: the newest this many resolved actionable signals (and every signal of their minutes
+    # for the IC).
+    window_signals: int = Field(500, ge=1)
+    # Trips when the window's hit rate or its mean per-minute IC falls below these floors. The default
+    # recipe's held-out figures are a hit rate of 0.61 and an IC of 0.08 at 1 h (docs/MODEL.md).
+    hit_rate_floor: float = Field(0.45, ge=0.0, le=1.0)
+    ic_floor: float = Field(0.0, ge=-1.0, le=1.0)
+
+
+class QualitySettings(BaseModel):
+    """Signal outcomes and their rolling quality (docs/SIGNAL_QUALITY.md)."""
+
+    enabled: bool = True
+    # Beat runs tasks.quality.score this often: outcomes first, then the breaker.
+    interval_seconds: float = Field(60.0, gt=0)
+    # A minute's horizon is scored once its exit candle closed this long ago (late candles arrive).
+    settle_seconds: float = Field(120.0, ge=0)
+    # Symbols still without every candle of the horizon this long after it settled are recorded as
+    # unresolved, with the reason; the rest of their minute is scored without them.
+    resolve_grace_minutes: int = Field(60, ge=0)
+    # Signals older than this are not scored any more (a first run, or one after a long outage,
+    # starts here instead of at the beginning of history).
+    lookback_hours: float = Field(72.0, gt=0)
+    # Minutes scored per horizon and run: catching up after an outage spreads over several runs.
+    max_minutes_per_run: int = Field(120, ge=1)
+    # The rolling windows of `mlsignals signals quality` and of the exported gauges.
+    window_signals: int = Field(50_000, ge=10)
+    window_days: float = Field(7.0, gt=0)
+    breaker: BreakerSettings = BreakerSettings()
+    # The registry's challenger, when there is one, is scored in the champion's batch and its
+    # signals stored and published on pipeline.shadow_channel, never traded.
+    shadow_enabled: bool = True
+    # Feature drift: the population stability index of the live windows' newest rows against the
+    # training distribution stored with the model (quantile bins), per feature.
+    drift_enabled: bool = True
+    drift_bins: int = Field(10, ge=2, le=100)
+    # PSI above this is drift worth a look (the conventional 0.1 / 0.25 cut-offs: 0.25 is "major").
+    drift_alert_psi: float = Field(0.25, gt=0)
+    # How many of the worst features `mlsignals model drift` prints and the exporter labels.
+    drift_top: int = Field(10, ge=1, le=240)
 
 
 class MarketRuleSettings(BaseModel):
@@ -283,6 +336,7 @@ class Settings(BaseSettings):
     celery: CelerySettings = CelerySettings()
     pipeline: PipelineSettings = PipelineSettings()
     trading: TradingSettings = TradingSettings()
+    quality: QualitySettings = QualitySettings()
 
     @field_validator("log_level")
     @classmethod

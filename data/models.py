@@ -266,6 +266,69 @@ class MlPrediction(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
+class SignalOutcome(Base):
+    """What happened after a signal, per horizon (docs/SIGNAL_QUALITY.md): written once per signal
+    and horizon by ``quality.outcomes``; unique on (signal, horizon), so a re-run adds nothing.
+
+    Returns are fractions of the entry price; ``neutral_return`` is the return minus the mean of the
+    minute's resolved symbols, as the training labels are. ``unresolved`` rows carry the reason and
+    no figures.
+    """
+
+    __tablename__ = "signal_outcomes"
+    __table_args__ = (
+        UniqueConstraint("signal_id", "horizon_bars", name="uq_signal_outcomes_key"),
+        Index("ix_signal_outcomes_horizon_minute", "horizon_bars", "minute"),
+        Index("ix_signal_outcomes_model_horizon_minute", "model_version", "horizon_bars", "minute"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    signal_id: Mapped[int] = mapped_column(BigInteger)
+    symbol: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(UtcDateTime())
+    # When the signal was stored (signals.created_at): the breaker counts only signals made after
+    # the last resume, whatever minute they are for (a replay makes signals of past minutes).
+    signal_made_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    model_version: Mapped[str] = mapped_column(String(64))
+    horizon_bars: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(12))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    direction: Mapped[str] = mapped_column(String(8))
+    actionable: Mapped[bool] = mapped_column(Boolean)
+    exit_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    entry_price: Mapped[float] = mapped_column(Double)
+    exit_price: Mapped[float | None] = mapped_column(Double, nullable=True)
+    realised_return: Mapped[float | None] = mapped_column(Double, nullable=True)
+    neutral_return: Mapped[float | None] = mapped_column(Double, nullable=True)
+    realised_class: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    predicted_return: Mapped[float | None] = mapped_column(Double, nullable=True)
+    prob_long: Mapped[float | None] = mapped_column(Double, nullable=True)
+    prob_short: Mapped[float | None] = mapped_column(Double, nullable=True)
+    prob_flat: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # Actionable signals only: the direction was right (the market-neutral return had its sign), and
+    # the signed returns minus the round-trip cost in force when it was scored.
+    correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    net_return: Mapped[float | None] = mapped_column(Double, nullable=True)
+    net_return_raw: Mapped[float | None] = mapped_column(Double, nullable=True)
+    cost: Mapped[float] = mapped_column(Double)
+    resolved_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class QualityEvent(Base):
+    """Every trip and resume of the quality circuit breaker, with the figures behind it."""
+
+    __tablename__ = "quality_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # trip | resume
+    # Who: the breaker, the operator (`mlsignals trading resume`) or a promotion.
+    source: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    figures: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+
+
 class OrderIntent(Base):
     """An order the execution worker was asked to place; the client order id makes it idempotent."""
 

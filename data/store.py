@@ -82,6 +82,15 @@ class Outage:
         return (self.end_ms - self.start_ms) // MINUTE_MS
 
 
+@dataclass(frozen=True)
+class HorizonExit:
+    """A symbol's stored candles over a signal's horizon (``CandleStore.horizon_exits``)."""
+
+    candles: int
+    exit_close: float | None
+    exit_filled: bool
+
+
 def group_outages(
     gaps: Sequence[GapRecord], universe: int, min_share: float
 ) -> tuple[list[Outage], list[GapRecord]]:
@@ -290,6 +299,34 @@ class CandleStore:
                 },
             )
             return {r.symbol: (int(r.first), int(r.newest), int(r.n)) for r in rows}
+
+    def horizon_exits(
+        self, exchange: str, symbols: Sequence[str], start_ms: int, exit_open_ms: int
+    ) -> dict[str, HorizonExit]:
+        """Per symbol with any candle in ``[start, exit_open]``: how many are stored, and the close of
+        the candle opening at ``exit_open`` (None if absent) and whether it is a gap fill. One
+        grouped range scan of the primary key (signal outcomes, quality/outcomes.py)."""
+        stmt = text(
+            "SELECT symbol, count(*) AS n, "
+            "max(CASE WHEN open_time = :exit THEN close END) AS exit_close, "
+            "max(CASE WHEN open_time = :exit AND is_filled THEN 1 ELSE 0 END) AS exit_filled "
+            "FROM raw_market_data WHERE exchange = :exchange AND interval = :interval "
+            "AND symbol IN :symbols AND open_time >= :start AND open_time <= :exit GROUP BY symbol"
+        ).bindparams(bindparam("symbols", expanding=True))
+        params = {
+            "exchange": exchange,
+            "interval": INTERVAL,
+            "symbols": list(symbols),
+            "start": start_ms,
+            "exit": exit_open_ms,
+        }
+        with self.engine.connect() as conn:
+            return {
+                r.symbol: HorizonExit(
+                    int(r.n), None if r.exit_close is None else float(r.exit_close), bool(r.exit_filled)
+                )
+                for r in conn.execute(stmt, params)
+            }
 
     def read_candles(self, exchange: str, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """One symbol's stored candles with open time in ``[start, end)``, ascending."""

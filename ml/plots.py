@@ -38,14 +38,14 @@ def write_plots(metrics: Mapping[str, Any], directory: Path | str, title: str = 
             continue
         label = f"{title} {period}".strip()
         written.append(
-            _save(reliability_figure(report["horizons"], label), out / f"{period}_reliability.png")
+            save_png(reliability_figure(report["horizons"], label), out / f"{period}_reliability.png")
         )
         series = report.get("series") or {}
         if series.get("backtest"):
-            written.append(_save(equity_figure(series["backtest"], label), out / f"{period}_equity.png"))
+            written.append(save_png(equity_figure(series["backtest"], label), out / f"{period}_equity.png"))
         if series.get("ic"):
             best = [h.get("ic", {}).get("best_baseline") for h in report["horizons"]]
-            written.append(_save(ic_figure(series["ic"], best, label), out / f"{period}_ic.png"))
+            written.append(save_png(ic_figure(series["ic"], best, label), out / f"{period}_ic.png"))
     return written
 
 
@@ -58,7 +58,7 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     fig.savefig(path, format="png")
     return path
 

@@ -280,6 +280,11 @@ class Registry:
             metrics=_read_json(folder / "metrics.json", version),
         )
 
+    def model_config(self, ref: str) -> ModelConfig:
+        """A version's architecture and label rules (``config.json``) without loading its weights."""
+        version = self.resolve(ref)
+        return ModelConfig.model_validate(_read_json(self._folder(version) / "config.json", version))
+
     # -- loading ----------------------------------------------------------------------------------
     def verify(self, ref: str) -> dict[str, Any]:
         """Check the manifest and every file's sha256; returns the manifest."""

@@ -82,11 +82,21 @@ def lock_account(conn: Connection, name: str) -> Account:
     return Account.from_row(row)
 
 
-def set_halted(engine: Engine, settings: Settings, halted: bool, why: str | None = None) -> None:
-    """The kill switch, on every account: no new order is placed while it is on."""
+def set_halted(
+    engine: Engine,
+    settings: Settings,
+    halted: bool,
+    why: str | None = None,
+    *,
+    also: Callable[[Connection], None] | None = None,
+) -> None:
+    """The kill switch, on every account: no new order is placed while it is on. ``also`` writes in
+    the same transaction (the quality breaker's record of a trip or a resume)."""
     now = utcnow()
     ensure_account(engine, settings, settings.trading.mode, now)
     with engine.begin() as conn:
+        if also is not None:
+            also(conn)
         conn.execute(
             update(ACCOUNTS).values(
                 halted=halted,

@@ -20,6 +20,7 @@ class Queue(StrEnum):
 # Task modules map one to one onto queues; a task's name is ``tasks.<module>.<function>``.
 MODULE_QUEUES: dict[str, Queue] = {
     "tasks.pipeline": Queue.CONTROL,
+    "tasks.quality": Queue.CONTROL,
     "tasks.data": Queue.DATA,
     "tasks.features": Queue.FEATURES,
     "tasks.inference": Queue.INFERENCE,

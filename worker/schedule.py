@@ -14,7 +14,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     # A minute's run expires before the next one fires: a late run never runs on stale data.
     expires = min(settings.pipeline.max_start_delay_seconds, interval - 1)
     every: Any = crontab(minute="*") if interval == 60 else float(interval)
-    return {
+    schedule: dict[str, dict[str, Any]] = {
         "run-minute": {
             "task": "tasks.pipeline.run_minute",
             "schedule": every,
@@ -27,3 +27,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": settings.pipeline.supervise_interval_seconds},
         },
     }
+    if settings.quality.enabled:
+        # Outcomes of the signals whose horizons have passed, then the quality circuit breaker.
+        schedule["score-signal-outcomes"] = {
+            "task": "tasks.quality.score",
+            "schedule": settings.quality.interval_seconds,
+            "options": {"expires": settings.quality.interval_seconds},
+        }
+    return schedule

@@ -58,3 +58,30 @@ class FixedModelServer:
 
     def warm_up(self) -> str:
         return self.version
+
+
+def register_sign_flipped(registry: Registry, ref: str) -> str:
+    """A deliberately broken copy of version ``ref``: its returns head negated (the transformer's last
+    layer and the linear path's returns map), and its LONG and SHORT logits swapped to match, so the
+    decoder acts on the wrong sign (with the returns alone flipped, probabilities and returns would
+    disagree and most signals would just turn NEUTRAL). Registered beside ``ref`` (as the challenger);
+    returns the new version."""
+    loaded = registry.load(ref)
+    model = loaded.model
+    n_h = model.config.n_horizons
+    swap = torch.arange(3 * n_h).reshape(n_h, 3)[:, [1, 0, 2]].reshape(-1)
+    with torch.no_grad():
+        returns = [model.returns_head[-1], model.linear.returns if model.linear is not None else None]
+        direction = [model.direction_head[-1], model.linear.direction if model.linear is not None else None]
+        for layer in returns:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.neg_()
+                layer.bias.neg_()
+        for layer in direction:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.copy_(layer.weight[swap])
+                layer.bias.copy_(layer.bias[swap])
+    version, _ = registry.register(
+        model, loaded.scaler, {**loaded.training, "note": f"sign-flipped returns head of {ref}"}, {}
+    )
+    return version

@@ -34,7 +34,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"core"}),
     frozenset({"data"}),
     frozenset({"ml", "trading"}),
-    frozenset({"pipeline"}),
+    frozenset({"pipeline", "quality"}),
     frozenset({"worker"}),
     frozenset({"tasks", "monitoring"}),
     frozenset({"cli"}),

@@ -23,6 +23,8 @@ TABLES = {
     "trading_orders",
     "trading_positions",
     "trading_fills",
+    "signal_outcomes",
+    "quality_events",
 }
 
 
