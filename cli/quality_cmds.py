@@ -64,22 +64,22 @@ def quality(
 ) -> None:
     """Rolling live quality of a model's signals per horizon: hit rate and net return per direction,
     IC with its t-statistic, calibration (ECE, Brier); the breaker's state and recent events."""
+    from ml.evaluation import json_ready
     from quality.events import events, halt_state
     from quality.outcomes import HORIZONS
     from quality.report import quality_report, without_series, write_quality_plots
 
+    horizons, start = parse_horizon(horizon) or HORIZONS, parse_time(since)
     s = settings()
     engine = ready_store(s).engine
     version = _version(s, model)
-    report = quality_report(
-        engine, s, version, horizons=parse_horizon(horizon) or HORIZONS, since=parse_time(since)
-    )
+    report = quality_report(engine, s, version, horizons=horizons, since=start)
     halted, why = halt_state(engine, s)
     report["trading"] = {"halted": halted, "reason": why}
     report["breaker_events"] = [{**e, "at": e["at"].isoformat()} for e in events(engine, limit=10)]
     written = write_quality_plots(report, plot) if plot is not None else []
     if as_json:
-        console.print_json(json.dumps(without_series(report), default=str))
+        console.print_json(json.dumps(json_ready(without_series(report)), default=str, allow_nan=False))
         return
     console.print(_table(report))
     if halted:

@@ -12,10 +12,12 @@ Scoring runs per (minute, horizon) *group*, all model versions of the minute tog
 transaction: every row of the group is inserted with ``ON CONFLICT DO NOTHING`` on (signal,
 horizon), so a re-run, a redelivered task or a worker killed mid-way adds nothing twice and loses
 nothing. Groups are taken in minute order per horizon, from the newest scored minute of that
-horizon (an index lookup), so a run does only what is new. A group waits while any of its symbols
-lacks a candle of the horizon, for ``quality.resolve_grace_minutes`` at most; then those symbols are
-recorded ``unresolved`` with the reason and the rest is scored without them. A gap-filled exit
-candle (an outage's carried-forward price) does not count as an exit.
+horizon (an index lookup), so a run does only what is new. A symbol is unresolved while its exit
+candle is not stored, when that candle is a gap fill (an outage's carried-forward price is no exit
+anyone could trade), or when ``candle_gaps`` records minutes of its horizon missing at the exchange
+(``CandleStore.horizon_exits`` says why gap records and not a count of candles). A group waits for
+its unresolved symbols for ``quality.resolve_grace_minutes`` at most; then they are recorded
+``unresolved`` with the reason and the rest is scored without them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -83,8 +85,9 @@ class _Signal:
     bar_end: datetime
     direction: str
     entry_price: float
-    probabilities: Mapping[str, Any]
-    returns: Mapping[str, Any]
+    # This horizon's probabilities (LONG, SHORT, FLAT) and predicted return; None where absent.
+    probs: tuple[float | None, float | None, float | None]
+    predicted: float | None
 
 
 class OutcomeScorer:
@@ -132,7 +135,7 @@ class OutcomeScorer:
         """Write the outcomes of ``minute``'s signals at ``horizon_bars``; ``(resolved, unresolved)``
         rows offered, or None before the horizon settled or while a symbol still waits for candles
         within the grace period."""
-        signals = self._signals(minute)
+        signals = self._signals(minute, horizon_label(horizon_bars, self.bar_minutes))
         if not signals:
             return (0, 0)
         settled = max(s.bar_end for s in signals) + timedelta(
@@ -151,8 +154,7 @@ class OutcomeScorer:
                 start + horizon_bars * bar_ms - MINUTE_MS,
             )
             exits |= {(bar_end, symbol): e for symbol, e in found.items()}
-        expected = horizon_bars * self.bar_minutes
-        reasons = {s.id: _unresolved_reason(exits.get((s.bar_end, s.symbol)), expected) for s in signals}
+        reasons = {s.id: _unresolved_reason(exits[(s.bar_end, s.symbol)]) for s in signals}
         grace = timedelta(minutes=self.settings.quality.resolve_grace_minutes)
         if any(reasons.values()) and now < settled + grace:
             return None
@@ -161,11 +163,7 @@ class OutcomeScorer:
             group = [s for s in signals if s.model_version == version]
             rows += self._rows(minute, group, horizon_bars, exits, reasons)
         with self.engine.begin() as conn:
-            conn.execute(
-                self._insert(SignalOutcome)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["signal_id", "horizon_bars"])
-            )
+            self._write(conn, rows)
         unresolved = sum(1 for r in rows if r["status"] == UNRESOLVED)
         return (len(rows) - unresolved, unresolved)
 
@@ -179,7 +177,6 @@ class OutcomeScorer:
         reasons: Mapping[int, str | None],
     ) -> list[dict[str, Any]]:
         config = self._config(group[0].model_version)
-        label = horizon_label(horizon_bars, self.bar_minutes)
         cost = round_trip_cost(self.settings)
         ok = [s for s in group if reasons[s.id] is None]
         raw = np.array(
@@ -204,13 +201,11 @@ class OutcomeScorer:
                 "entry_price": s.entry_price,
                 "cost": cost,
             }
-            probs = s.probabilities.get(label) or {}
-            predicted = s.returns.get(label)
             base |= {
-                "predicted_return": None if predicted is None else float(predicted),
-                "prob_long": _opt(probs.get("long")),
-                "prob_short": _opt(probs.get("short")),
-                "prob_flat": _opt(probs.get("flat")),
+                "predicted_return": s.predicted,
+                "prob_long": s.probs[0],
+                "prob_short": s.probs[1],
+                "prob_flat": s.probs[2],
             }
             k = resolved.get(s.id)
             if k is None:
@@ -234,6 +229,30 @@ class OutcomeScorer:
             )
         return rows
 
+    def _write(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert the rows, skipping any (signal, horizon) already there.
+
+        PostgreSQL: one statement over column arrays (``unnest``): 500 rows in a few milliseconds,
+        where an executemany sends one INSERT per row and ``.values(rows)`` compiles 24 bind
+        parameters per row on every call (5-10x slower). SQLite runs in process: executemany.
+        """
+        if conn.dialect.name != "postgresql":
+            stmt = self._insert(SignalOutcome).on_conflict_do_nothing(
+                index_elements=["signal_id", "horizon_bars"]
+            )
+            conn.execute(stmt, list(rows))
+            return
+        arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
+        sql = text(
+            f"INSERT INTO signal_outcomes ({', '.join(_PG_COLUMNS)}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT (signal_id, horizon_bars) DO NOTHING"
+        )
+        # Outcomes can always be scored again (the cursor is the table itself): a commit lost in a
+        # server crash is re-done by the next pass, so this transaction need not wait for the WAL
+        # flush.
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        conn.execute(sql, {name: [r[name] for r in rows] for name in _PG_COLUMNS})
+
     # -- queries --------------------------------------------------------------------------------------
     def _scored_through(self, horizon_bars: int) -> datetime | None:
         stmt = select(func.max(SignalOutcome.minute)).where(SignalOutcome.horizon_bars == horizon_bars)
@@ -253,7 +272,10 @@ class OutcomeScorer:
         with self.engine.connect() as conn:
             return [_utc(m) for m in conn.execute(stmt).scalars()]
 
-    def _signals(self, minute: datetime) -> list[_Signal]:
+    def _signals(self, minute: datetime, label: str) -> list[_Signal]:
+        """The minute's signals with this horizon's numbers taken out of their JSON by the database
+        (nothing to parse here)."""
+        probs = SignalRecord.probabilities[label]
         cols = (
             SignalRecord.id,
             SignalRecord.symbol,
@@ -262,8 +284,10 @@ class OutcomeScorer:
             SignalRecord.bar_end,
             SignalRecord.direction,
             SignalRecord.entry_price,
-            SignalRecord.probabilities,
-            SignalRecord.returns,
+            probs["long"].as_float().label("p_long"),
+            probs["short"].as_float().label("p_short"),
+            probs["flat"].as_float().label("p_flat"),
+            SignalRecord.returns[label].as_float().label("predicted"),
         )
         stmt = select(*cols).where(SignalRecord.minute == minute).order_by(SignalRecord.id)
         with self.engine.connect() as conn:
@@ -276,8 +300,8 @@ class OutcomeScorer:
                     _utc(r.bar_end),
                     r.direction,
                     float(r.entry_price),
-                    r.probabilities or {},
-                    r.returns or {},
+                    (_opt(r.p_long), _opt(r.p_short), _opt(r.p_flat)),
+                    _opt(r.predicted),
                 )
                 for r in conn.execute(stmt)
             ]
@@ -292,6 +316,34 @@ class OutcomeScorer:
         return self._config_cache[version]
 
 
+# Every column the scorer writes, with its PostgreSQL type (the unnest insert's casts).
+_PG_COLUMNS: dict[str, str] = {
+    "signal_id": "bigint",
+    "symbol": "varchar",
+    "minute": "timestamptz",
+    "signal_made_at": "timestamptz",
+    "model_version": "varchar",
+    "horizon_bars": "integer",
+    "status": "varchar",
+    "reason": "text",
+    "direction": "varchar",
+    "actionable": "boolean",
+    "exit_time": "timestamptz",
+    "entry_price": "double precision",
+    "exit_price": "double precision",
+    "realised_return": "double precision",
+    "neutral_return": "double precision",
+    "realised_class": "varchar",
+    "predicted_return": "double precision",
+    "prob_long": "double precision",
+    "prob_short": "double precision",
+    "prob_flat": "double precision",
+    "correct": "boolean",
+    "net_return": "double precision",
+    "net_return_raw": "double precision",
+    "cost": "double precision",
+}
+
 _EMPTY: dict[str, Any] = {
     "exit_price": None,
     "realised_return": None,
@@ -303,16 +355,14 @@ _EMPTY: dict[str, Any] = {
 }
 
 
-def _unresolved_reason(found: HorizonExit | None, expected: int) -> str | None:
-    """Why a symbol cannot be scored at this horizon yet; None when it can."""
-    if found is None:
-        return f"no candles over the horizon ({expected} expected)"
-    if found.candles < expected:
-        return f"missing {expected - found.candles} of {expected} candles over the horizon"
+def _unresolved_reason(found: HorizonExit) -> str | None:
+    """Why a symbol cannot be scored at this horizon (yet); None when it can."""
     if found.exit_close is None:
-        return "no exit candle"
+        return "no exit candle stored"
     if found.exit_filled:
         return "exit candle is a gap fill (exchange outage)"
+    if found.gap_minutes:
+        return f"{found.gap_minutes} minutes of the horizon missing at the exchange (gap-filled)"
     return None
 
 

@@ -142,8 +142,8 @@ def direction_figures(rows: OutcomeRows) -> dict[str, dict[str, Any]]:
         out[name] = {
             "signals": n,
             "hit_rate": float(rows.correct[sel].mean()) if n else None,
-            "mean_net_return": float(rows.net[sel].mean()) if n else None,
-            "mean_net_return_raw": float(rows.net_raw[sel].mean()) if n else None,
+            "mean_net_return": _finite_mean(rows.net[sel]),
+            "mean_net_return_raw": _finite_mean(rows.net_raw[sel]),
         }
     return out
 
@@ -197,6 +197,11 @@ def window_figures(rows: OutcomeRows, horizon_bars: int, bar_minutes: int) -> di
         "reliability": cal["bins"],
         "brier": brier(probs, labels),
     }
+
+
+def _finite_mean(values: FloatArray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def _f(value: float | None) -> float:

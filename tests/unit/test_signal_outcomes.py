@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from core.settings import Settings
 from core.timegrid import MINUTE_MS
 from data import db
-from data.models import SignalOutcome
+from data.models import CandleGap, SignalOutcome
 from data.store import CandleStore
 from ml.model.config import ModelConfig
 from pipeline.signal_store import SignalStore
@@ -180,27 +180,64 @@ def test_re_runs_add_nothing(engine: Any) -> None:
     assert total == keys == 2 * 6 * 4
 
 
-def test_a_missing_candle_waits_then_leaves_its_symbol_unresolved(engine: Any) -> None:
-    # BBB lacks minute 12:05; EEE's 15-minute exit candle is an outage's carried-forward fill.
+def test_missing_data_waits_then_leaves_its_symbol_unresolved(engine: Any) -> None:
+    # BBB: its exit candle (12:14) is not stored (yet); EEE: its exit candle is an outage's
+    # carried-forward fill; FFF: the exchange had no candles 12:05-12:07 (gap-filled, recorded).
     frames = [candles(s) for s in EXITS if s not in {"BBB", "EEE"}]
-    frames += [candles("BBB", drop=frozenset({6})), candles("EEE", filled=frozenset({15}))]
+    frames += [candles("BBB", drop=frozenset({15})), candles("EEE", filled=frozenset({15}))]
     setup(engine, frames)
+    gap_start = BAR_END_MS + 5 * MINUTE_MS
+    with engine.begin() as conn:
+        conn.execute(
+            insert(CandleGap).values(
+                exchange=EXCHANGE,
+                symbol="FFF",
+                start_time=gap_start,
+                end_time=gap_start + 3 * MINUTE_MS,
+                minutes=3,
+                filled=3,
+                outage=False,
+            )
+        )
     due = BAR_END + timedelta(minutes=15, seconds=Settings().quality.settle_seconds)
     waiting = scorer(engine).score_due(due + timedelta(minutes=1))
     assert 1 in waiting.waiting
     assert outcomes(engine, 1) == {}  # nothing written while a candle may still come
     scorer(engine).score_due(due + timedelta(minutes=Settings().quality.resolve_grace_minutes + 1))
     one = outcomes(engine, 1)
-    assert one["BBB"].status == UNRESOLVED
-    assert one["BBB"].reason == "missing 1 of 15 candles over the horizon"
-    assert one["EEE"].status == UNRESOLVED
-    assert one["EEE"].reason == "exit candle is a gap fill (exchange outage)"
+    assert (one["BBB"].status, one["BBB"].reason) == (UNRESOLVED, "no exit candle stored")
+    assert (one["EEE"].status, one["EEE"].reason) == (
+        UNRESOLVED,
+        "exit candle is a gap fill (exchange outage)",
+    )
+    assert (one["FFF"].status, one["FFF"].reason) == (
+        UNRESOLVED,
+        "3 minutes of the horizon missing at the exchange (gap-filled)",
+    )
     assert one["EEE"].neutral_return is None
-    # The other four resolve; four are too few to take a market mean from (MIN_NEUTRAL_GROUP is 5),
+    # The other three resolve; three are too few to take a market mean from (MIN_NEUTRAL_GROUP is 5),
     # so their neutral return is the raw one, as in the training labels.
-    for s in ("AAA", "CCC", "DDD", "FFF"):
+    for s in ("AAA", "CCC", "DDD"):
         assert one[s].status == RESOLVED
         assert one[s].neutral_return == one[s].realised_return == pytest.approx(EXITS[s][0] / 100 - 1)
+
+
+def test_a_gap_outside_the_horizon_does_not_matter(engine: Any) -> None:
+    setup(engine, [candles(s) for s in EXITS])
+    with engine.begin() as conn:
+        conn.execute(
+            insert(CandleGap).values(
+                exchange=EXCHANGE,
+                symbol="AAA",
+                start_time=BAR_END_MS - 10 * MINUTE_MS,  # ends at the entry: [11:50, 12:00)
+                end_time=BAR_END_MS,
+                minutes=10,
+                filled=10,
+                outage=True,
+            )
+        )
+    scorer(engine).score_due(LATER)
+    assert outcomes(engine, 1)["AAA"].status == RESOLVED
 
 
 def test_nothing_is_scored_before_its_horizon_settled(engine: Any) -> None:

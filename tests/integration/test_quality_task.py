@@ -1,0 +1,83 @@
+"""``tasks.quality.score`` on a real `control` worker (Redis broker, PostgreSQL): the beat schedule
+holds it, a sent task scores what is due, a second one adds nothing, and the worker killed (SIGKILL)
+while a pass runs loses nothing: the redelivered task (acks_late) completes it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from core.settings import Settings
+from data import db
+from data.models import SignalOutcome
+from quality.outcomes import HORIZONS
+from tests.conftest import redis_db
+from tests.support.quality import N_MINUTES, N_SYMBOLS, build_ledger
+from tests.support.workers import celery_client, running_fleet, wait_for_workers
+from worker.queues import Queue
+from worker.schedule import beat_schedule
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
+TOTAL = N_MINUTES * N_SYMBOLS * len(HORIZONS)
+
+
+def rows(engine: Any) -> tuple[int, int]:
+    o = SignalOutcome
+    with engine.connect() as conn:
+        n = int(conn.execute(select(func.count()).select_from(o)).scalar() or 0)
+        keys = select(o.signal_id, o.horizon_bars).distinct().subquery()
+        distinct = int(conn.execute(select(func.count()).select_from(keys)).scalar() or 0)
+    return n, distinct
+
+
+def test_the_beat_schedule_runs_the_quality_pass() -> None:
+    schedule = beat_schedule(Settings())
+    assert schedule["score-signal-outcomes"]["task"] == "tasks.quality.score"
+    assert schedule["score-signal-outcomes"]["schedule"] == Settings().quality.interval_seconds
+    assert "score-signal-outcomes" not in beat_schedule(Settings(quality={"enabled": False}))
+
+
+def test_the_quality_task_on_a_real_worker_survives_a_kill(pg_url: str, tmp_path: Path) -> None:
+    db.upgrade(pg_url)
+    ledger = build_ledger(tmp_path, pg_url)
+    for number in (BROKER_DB, BACKEND_DB, APP_DB):
+        redis.Redis.from_url(redis_db(number)).flushdb()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
+        "MLSIG_DATABASE_URL": pg_url,
+        "MLSIG_REDIS_URL": redis_db(APP_DB),
+        "MLSIG_CELERY__BROKER_URL": redis_db(BROKER_DB),
+        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
+        "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
+        "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+        "MLSIG_DATA__UNIVERSE_SIZE": str(N_SYMBOLS),
+        "MLSIG_MODEL__REGISTRY_DIR": str(tmp_path / "models"),
+        "MLSIG_LOG_LEVEL": "WARNING",
+    }
+    client = celery_client(env, "quality-test")
+    with running_fleet(env, tmp_path, [Queue.CONTROL]) as fleet:
+        wait_for_workers(client, fleet)
+        sent = client.send_task("tasks.quality.score", queue=Queue.CONTROL.value)
+        deadline = time.monotonic() + 120
+        while rows(ledger.engine)[0] == 0:  # the first committed minute is the event
+            assert time.monotonic() < deadline, fleet.logs()
+            time.sleep(0.02)
+        fleet.workers[Queue.CONTROL].kill()
+        partial, _ = rows(ledger.engine)
+        assert 0 < partial < TOTAL  # killed mid-pass
+        # A new worker gets the unacknowledged task back after the visibility timeout and finishes.
+        fleet.start(Queue.CONTROL)
+        summary = sent.get(timeout=180)
+        assert summary["breaker"]["state"] == "no_champion"
+        n, distinct = rows(ledger.engine)
+        assert n == distinct == TOTAL
+        again = client.send_task("tasks.quality.score", queue=Queue.CONTROL.value).get(timeout=60)
+        assert again["outcomes"] == {**again["outcomes"], "minutes": 0, "resolved": 0, "unresolved": 0}
+        assert rows(ledger.engine) == (TOTAL, TOTAL)
