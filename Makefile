@@ -102,6 +102,9 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.bench_orders
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_pipeline --symbols 100 --minutes 30 --metrics compare
+	$(BIN)/python -m benchmarks.bench_quality
+	$(BIN)/python -m benchmarks.bench_drift
+	$(BIN)/python -m benchmarks.bench_shadow
 
 # The chaos suite: single faults against the real distributed deployment on both brokers (private
 # Redis and RabbitMQ, their own databases), about 29 minutes; tables in var/chaos/summary-*.md and

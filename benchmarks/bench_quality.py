@@ -95,7 +95,8 @@ def main() -> None:
         began = time.perf_counter()
         report = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(names, days, end_ms=end)
         print(
-            f"loaded {report.inserted:,} candles of {len(names)} symbols in {time.perf_counter() - began:.1f} s"
+            f"loaded {report.inserted:,} candles of {len(names)} symbols "
+            f"in {time.perf_counter() - began:.1f} s"
         )
         store = SignalStore(engine)
         minutes = [first + i * MINUTE_MS for i in range(args.minutes)]
@@ -144,7 +145,8 @@ def main() -> None:
             rolling.append(time.perf_counter() - t0)
         print(
             f"rolling report of one horizon over the last {settings.quality.window_signals:,} signals "
-            f"({args.minutes * len(names):,} stored) and {settings.quality.window_days:g} days: {summary(rolling)}"
+            f"({args.minutes * len(names):,} stored) and {settings.quality.window_days:g} days: "
+            f"{summary(rolling)}"
         )
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from cli import compare_cmds, drift_cmds
 from cli.common import clean_errors, console, ready_store, settings
 from core.timegrid import iso_minute
 
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
 
 # ml.* (and torch with it) is imported inside the commands that use it: it takes seconds.
 
-app = typer.Typer(help="Model versions: train, inspect, promote, roll back, evaluate.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model versions: train, inspect, promote, roll back, evaluate, live drift, champion vs challenger.",
+    no_args_is_help=True,
+)
 
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda.")
 VersionArgument = typer.Argument(..., help="A version id, or the alias champion / challenger.")
@@ -443,3 +447,8 @@ def bootstrap(device: str = DeviceOption) -> None:
     console.print(f"champion {result.version} trained in {result.seconds:.0f} s", highlight=False)
     if result.outcome is not None:
         print_metrics(result.outcome.metrics, result.version)
+
+
+# Defined beside the quality package's other commands; listed last in `mlsignals model --help`.
+app.command("drift")(drift_cmds.drift)
+app.command("compare")(compare_cmds.compare)

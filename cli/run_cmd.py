@@ -208,7 +208,9 @@ def _live(s: Settings, minutes: int, background_training: bool) -> None:
 
     with contextlib.ExitStack() as stack:
         rt = stack.enter_context(embedded_runtime(s, beat=True, stream=True))
-        inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
+        # The champion's feed only: a challenger's shadow signals (pipeline.shadow_channel) and the
+        # per-symbol copies are not the table's.
+        inbox = rt.bus.subscribe([s.pipeline.channel, s.pipeline.heartbeat_channel])  # type: ignore[attr-defined]
         board = SignalBoard()
         done = 0
         missed: list[HeartbeatMessage] = []
@@ -271,7 +273,9 @@ def _replay(s: Settings, first: int, count: int) -> None:
     from worker.embedded import embedded_runtime
 
     with embedded_runtime(s, beat=False) as rt:
-        inbox = rt.bus.subscribe()  # type: ignore[attr-defined]
+        # The champion's feed only: a challenger's shadow signals (pipeline.shadow_channel) and the
+        # per-symbol copies are not the table's.
+        inbox = rt.bus.subscribe([s.pipeline.channel, s.pipeline.heartbeat_channel])  # type: ignore[attr-defined]
         board = SignalBoard()
         began = time.perf_counter()
         duplicates = 0

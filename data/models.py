@@ -268,7 +268,7 @@ class MlPrediction(Base):
 
 class SignalOutcome(Base):
     """What happened after a signal, per horizon (docs/SIGNAL_QUALITY.md): written once per signal
-    and horizon by ``quality.outcomes``; unique on (signal, horizon), so a re-run adds nothing.
+    and horizon by ``quality.outcomes``; keyed on (signal, horizon), so a re-run adds nothing.
 
     Returns are fractions of the entry price; ``neutral_return`` is the return minus the mean of the
     minute's resolved symbols, as the training labels are. ``unresolved`` rows carry the reason and
@@ -277,20 +277,20 @@ class SignalOutcome(Base):
 
     __tablename__ = "signal_outcomes"
     __table_args__ = (
-        UniqueConstraint("signal_id", "horizon_bars", name="uq_signal_outcomes_key"),
         Index("ix_signal_outcomes_horizon_minute", "horizon_bars", "minute"),
         Index("ix_signal_outcomes_model_horizon_minute", "model_version", "horizon_bars", "minute"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    signal_id: Mapped[int] = mapped_column(BigInteger)
+    # The key is the row's identity: no surrogate id, one index fewer to write per outcome (the
+    # scorer writes 2,000 rows a minute at 500 symbols).
+    signal_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    horizon_bars: Mapped[int] = mapped_column(Integer, primary_key=True)
     symbol: Mapped[str] = mapped_column(String(64))
     minute: Mapped[datetime] = mapped_column(UtcDateTime())
     # When the signal was stored (signals.created_at): the breaker counts only signals made after
     # the last resume, whatever minute they are for (a replay makes signals of past minutes).
     signal_made_at: Mapped[datetime] = mapped_column(UtcDateTime())
     model_version: Mapped[str] = mapped_column(String(64))
-    horizon_bars: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(12))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     direction: Mapped[str] = mapped_column(String(8))
@@ -470,3 +470,33 @@ class TradingFill(Base):
     candle_open_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     filled_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class FeatureDrift(Base):
+    """One feature-drift pass (``quality.drift``, docs/SIGNAL_QUALITY.md "Feature drift"): the PSI of
+    every feature of the champion's live windows, accumulated over the last minutes, against the
+    training distribution stored with the version. ``status`` is ``ok``, or why there is no PSI
+    (``no_model``, ``no_bins``, ``no_windows``) with the ``reason``.
+
+    ``counts`` holds the bin counts of the windows this pass read itself (with the ledger runs they
+    came from): the next passes add them up; it is cleared once older than the accumulation.
+    """
+
+    __tablename__ = "feature_drift"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The newest pipeline minute whose windows are in the figures, how many minutes and rows are.
+    newest_minute: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    minutes: Mapped[int] = mapped_column(Integer, default=0)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    bins: Mapped[int] = mapped_column(Integer, default=0)
+    max_psi: Mapped[float | None] = mapped_column(Double, nullable=True)
+    psi: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)  # feature -> PSI
+    worst: Mapped[list[Any]] = mapped_column(JsonDocument, default=list)  # [{feature, psi}], worst first
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    # The data-quality context of the newest minute read (symbols asked, failed and why, expired).
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)

@@ -12,6 +12,9 @@ Layout under ``settings.model.registry_dir``::
         metrics.json         held-out evaluation (rewritten by ``evaluate``)
         baselines.npz        optional: the linear baselines of ml/baselines.py (plain arrays, no
                              pickles), fitted on the version's training rows; older versions lack it
+        feature_bins.npz     optional: the training distribution of every feature as quantile bins
+                             (ml/drift.py), read alone by the drift pass (``feature_bins``); older
+                             versions lack it
         manifest.json        sha256 of every file above, and its own digest
     aliases.json             {"champion": id, "challenger": id, "previous_champions": [...], "history": [...]}
 
@@ -60,7 +63,7 @@ FILES: tuple[str, ...] = (
     "metrics.json",
 )
 # Files a version may have; when present they are listed in, and verified against, the manifest.
-OPTIONAL_FILES: tuple[str, ...] = ("baselines.npz",)
+OPTIONAL_FILES: tuple[str, ...] = ("baselines.npz", "feature_bins.npz")
 ALIASES = ("champion", "challenger")
 MANIFEST_FORMAT = "mlsignals.model_manifest"
 
@@ -137,10 +140,12 @@ class Registry:
         spec: FeatureSpec = FEATURE_SPEC,
         now: datetime | None = None,
         baselines: Mapping[str, npt.NDArray[Any]] | None = None,
+        feature_bins: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> tuple[str, str]:
         """Store a new version; returns ``(version_id, alias)`` where alias is ``champion`` for the
         first version of an empty registry and ``challenger`` otherwise. ``baselines`` (arrays of
-        ``ml.baselines.Baselines.to_arrays``) are stored as ``baselines.npz`` when given."""
+        ``ml.baselines.Baselines.to_arrays``) are stored as ``baselines.npz`` and ``feature_bins``
+        (``ml.drift.FeatureBins.to_arrays``) as ``feature_bins.npz`` when given."""
         spec.check_hash(scaler.spec_hash, "the scaler")
         config = model.config
         buffer = io.BytesIO()
@@ -167,6 +172,8 @@ class Registry:
         }
         if baselines is not None:
             contents["baselines.npz"] = _npz(baselines)
+        if feature_bins is not None:
+            contents["feature_bins.npz"] = _npz(feature_bins)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         final = self.versions_dir / version
         if final.exists():
@@ -291,9 +298,27 @@ class Registry:
         manifest, _ = self._read_verified(self.resolve(ref))
         return manifest
 
-    def _read_verified(self, version: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """The manifest and the bytes of every file, checked against it. Callers deserialise these
-        very bytes, so a file swapped after the check cannot slip through."""
+    def feature_bins(self, ref: str) -> dict[str, npt.NDArray[Any]] | None:
+        """``feature_bins.npz``'s arrays (``ml.drift.FeatureBins.from_arrays``) of a version, read alone:
+        the manifest's own digest and the file's are checked, no weights are loaded. None for a
+        version stored without it."""
+        version = self.resolve(ref)
+        folder = self._folder(version)
+        files = self._checked_manifest(version)[0]["files"]
+        name = "feature_bins.npz"
+        if name not in files:
+            return None
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelIntegrityError(f"model {version}: cannot read {name}: {exc}") from None
+        _check_digest(version, name, data, str(files[name]))
+        return _load_npz(data, version, name)
+
+    def _checked_manifest(self, version: str) -> tuple[dict[str, Any], str | None]:
+        """The manifest (without its own digest, which is returned beside it), checked against that
+        digest and for naming this version and only known files."""
         folder = self._folder(version)
         manifest = _read_json(folder / MANIFEST, version)
         claimed = manifest.pop("manifest_sha256", None)
@@ -310,6 +335,14 @@ class Registry:
             raise ModelIntegrityError(
                 f"model {version}: manifest.json does not describe this version's files"
             )
+        return manifest, claimed
+
+    def _read_verified(self, version: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The manifest and the bytes of every file, checked against it. Callers deserialise these
+        very bytes, so a file swapped after the check cannot slip through."""
+        folder = self._folder(version)
+        manifest, claimed = self._checked_manifest(version)
+        files = manifest["files"]
         # The files the manifest lists: every required one, and the optional ones it signed.
         expected = set(files)
         present = {p.name for p in folder.iterdir()} - {MANIFEST}
@@ -321,12 +354,7 @@ class Registry:
         contents: dict[str, bytes] = {}
         for name in (*FILES, *(n for n in OPTIONAL_FILES if n in expected)):
             data = (folder / name).read_bytes()
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != files[name]:
-                raise ModelIntegrityError(
-                    f"model {version}: {name} does not match its manifest digest "
-                    f"(expected {str(files[name])[:12]}…, found {actual[:12]}…); the file was changed"
-                )
+            _check_digest(version, name, data, str(files[name]))
             contents[name] = data
         manifest["manifest_sha256"] = claimed
         return manifest, contents
@@ -427,13 +455,22 @@ def _npz(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def _load_npz(data: bytes, version: str) -> dict[str, npt.NDArray[Any]]:
+def _check_digest(version: str, name: str, data: bytes, expected: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"model {version}: {name} does not match its manifest digest "
+            f"(expected {expected[:12]}…, found {actual[:12]}…); the file was changed"
+        )
+
+
+def _load_npz(data: bytes, version: str, name: str = "baselines.npz") -> dict[str, npt.NDArray[Any]]:
     """An ``.npz`` of plain arrays; object arrays (pickles) are refused."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            return {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ModelIntegrityError(f"model {version}: baselines.npz cannot be loaded: {exc}") from None
+        raise ModelIntegrityError(f"model {version}: {name} cannot be loaded: {exc}") from None
 
 
 def _parse_json(data: bytes, name: str, version: str) -> dict[str, Any]:

@@ -33,10 +33,11 @@ from data.stream.watermark import RedisWatermarks, WatermarkStore
 from ml.registry import Registry
 from monitoring import state_metrics
 from monitoring.pipeline_metrics import PipelineMetrics
+from monitoring.quality_metrics import QualityMetrics, breaker_settings_families
 
 log = get_logger(__name__)
 
-COLLECTORS = ("ledger", "data", "trading", "model", "queues", "stream")
+COLLECTORS = ("ledger", "data", "trading", "model", "quality", "queues", "stream")
 
 
 def source_name(settings: Settings) -> str:
@@ -70,6 +71,10 @@ class Exporter(Collector):
         self.store = CandleStore(self.engine)
         self.exchange = source_name(self.settings)
         self.registry = Registry(self.settings.model.registry_dir)
+        # The signal-quality ledger's part; none when quality.enabled is off (no scorer runs).
+        self.quality: QualityMetrics | None = None
+        if self.settings.quality.enabled:
+            self.quality = QualityMetrics(self.settings, self.engine, self.registry)
         self.watermarks: WatermarkStore | None = None
         self.queues: state_metrics.QueueProbe | None = None
         if self.redis_client is not None:
@@ -99,6 +104,9 @@ class Exporter(Collector):
         if self.redis_client is not None:
             parts["queues"] = lambda: self.queues.families() if self.queues is not None else ()
             parts["stream"] = lambda: state_metrics.stream_families(self.watermarks, self.exchange)
+        if self.quality is not None:
+            # Last: its figures, recomputed once per quality.interval_seconds, take the longest.
+            parts["quality"] = lambda: self.quality.families(now_s) if self.quality is not None else ()
         snapshot: dict[str, list[Metric]] = {}
         up: dict[str, bool] = {}
         for name, read in parts.items():
@@ -138,6 +146,8 @@ class Exporter(Collector):
             snapshot, up = dict(self._snapshot), dict(self._up)
             refresh_s, refreshed_at = self._refresh_s, self._refreshed_at
         yield from state_metrics.settings_families(self.settings)
+        if self.quality is not None:
+            yield from breaker_settings_families(self.settings)
         for families in snapshot.values():
             yield from families
         collector_up = GaugeMetricFamily(

@@ -1,8 +1,12 @@
 """Minute, symbol and signal metrics, accumulated from the ledger and the signal table.
 
 Every finished minute (a ``pipeline_runs`` row that left ``running``) is counted once; every stored
-signal once. The totals are the ledger's own, from its first row: a restarted exporter serves the
-same counters it served before, plus what happened while it was down.
+signal of the champion once. The totals are the ledger's own, from its first row: a restarted
+exporter serves the same counters it served before, plus what happened while it was down.
+
+The signal counters describe the champion alone, like the ledger's ``signals_made``: the shadow
+challenger's signals share the table under their own version, so a signal is counted unless its
+minute's ledger row names another version (the version that minute's run served).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ MINUTE_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = tuple(round(0.35 + 0.05 * i, 2) for i in range(14))  # 0.35 .. 1.0
 DIRECTIONS = ("LONG", "SHORT", "NEUTRAL")
+# Minutes per ``IN (...)`` when looking up which version each minute ran with.
+_IN_CHUNK = 500
 
 
 class PipelineMetrics:
@@ -54,7 +60,9 @@ class PipelineMetrics:
             final=RUNS.c.status != RUNNING,
             settle_s=settle_s,
         )
-        self.signals = SettledScan(SIGNALS, ("direction", "confidence"), "created_at", settle_s=settle_s)
+        self.signals = SettledScan(
+            SIGNALS, ("direction", "confidence", "minute", "model_version"), "created_at", settle_s=settle_s
+        )
         self.minutes = LabelledCounter(
             "mlsignals_minutes_total", "Finished minutes by final status.", ("status",)
         )
@@ -102,7 +110,11 @@ class PipelineMetrics:
         for run in self.runs.poll(conn, now):
             self._count_run(run)
         by_direction: dict[str, list[float]] = defaultdict(list)
-        for sig in self.signals.poll(conn, now):
+        fresh = self.signals.poll(conn, now)
+        served = _served_versions(conn, {as_utc(sig.minute) for sig in fresh})
+        for sig in fresh:
+            if served.get(as_utc(sig.minute), sig.model_version) != sig.model_version:
+                continue  # the shadow challenger's: never the champion's counts
             by_direction[str(sig.direction)].append(float(sig.confidence))
         for direction, confidences in by_direction.items():
             self.signal_count.inc((direction, _actionable(direction)), len(confidences))
@@ -145,6 +157,18 @@ _NEWEST_DOCS = {
     "mlsignals_newest_minute_timestamp_seconds": "Unix time of the newest done, partial or failed minute.",
     "mlsignals_newest_minute_coverage_ratio": "Signals / symbols asked in the newest finished minute.",
 }
+
+
+def _served_versions(conn: Connection, minutes: set[datetime]) -> dict[datetime, str]:
+    """The model version each of ``minutes`` was run with (the champion then), by the ledger."""
+    out: dict[datetime, str] = {}
+    ordered = sorted(minutes)
+    for i in range(0, len(ordered), _IN_CHUNK):
+        stmt = select(RUNS.c.minute, RUNS.c.model_version).where(
+            RUNS.c.minute.in_(ordered[i : i + _IN_CHUNK]), RUNS.c.model_version.is_not(None)
+        )
+        out |= {as_utc(row.minute): str(row.model_version) for row in conn.execute(stmt)}
+    return out
 
 
 def _actionable(direction: str) -> str:

@@ -4,7 +4,9 @@ the embedded one.
 Every message is published once: ``publish_once`` skips an item whose id it has already sent, so a
 redelivered or re-dispatched publish step (docs/ML_INTEGRATION.md) never repeats a message on either
 feed. On Redis the check, the ``XADD`` to the durable stream and the ``PUBLISH`` to every channel are
-one Lua script: atomic, one round trip for the whole minute.
+one Lua script: atomic, one round trip for the whole minute. An item marked ``stream=False`` (the
+shadow challenger's signals) goes to its pub/sub channels only: the durable stream is what consumers
+act on, so it carries the champion's signals alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class BusItem:
     sequence: str
     payload: str
     channels: tuple[str, ...]
+    # False: pub/sub only, never the durable stream (the shadow challenger's signals).
+    stream: bool = True
 
 
 class SignalBus(Protocol):
@@ -39,23 +43,25 @@ class SignalBus(Protocol):
 
 
 # KEYS[1]: the stream. ARGV: maxlen, ttl, then per item: dedupe key, type, sequence, payload,
-# channel count, channels...
+# stream flag ("1": append to the stream too), channel count, channels...
 _PUBLISH_ONCE = """
 local maxlen = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local i = 3
 local sent = 0
 while i <= #ARGV do
-  local n = tonumber(ARGV[i + 4])
+  local n = tonumber(ARGV[i + 5])
   if redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-               'type', ARGV[i + 1], 'sequence', ARGV[i + 2], 'data', ARGV[i + 3])
+    if ARGV[i + 4] == '1' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+                 'type', ARGV[i + 1], 'sequence', ARGV[i + 2], 'data', ARGV[i + 3])
+    end
     for c = 1, n do
-      redis.call('PUBLISH', ARGV[i + 4 + c], ARGV[i + 3])
+      redis.call('PUBLISH', ARGV[i + 5 + c], ARGV[i + 3])
     end
     sent = sent + 1
   end
-  i = i + 5 + n
+  i = i + 6 + n
 end
 return sent
 """
@@ -76,7 +82,7 @@ class RedisBus:
         args: list[str | int] = [self.maxlen, SENT_TTL_SECONDS]
         for item in items:
             args += [f"{self.stream_key}:sent:{item.dedupe_id}", item.kind, item.sequence, item.payload]
-            args += [len(item.channels), *item.channels]
+            args += ["1" if item.stream else "0", len(item.channels), *item.channels]
         return int(self._script(keys=[self.stream_key], args=args))
 
 

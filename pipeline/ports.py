@@ -88,6 +88,15 @@ class InferenceRuntime(Protocol):
 
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs: ...
 
+    def predict_shadow(self, tensor: npt.NDArray[np.float32], champion_version: str) -> ModelOutputs | None:
+        """The shadow challenger's outputs for the champion-scaled ``tensor``; None when there is no
+        challenger to score; raises when it failed (the stage records that and goes on)."""
+        ...
+
+    def count_shadow_failure(self) -> None:
+        """Count a minute whose shadow challenger failed (a metric: it never raises)."""
+        ...
+
 
 @dataclass(frozen=True)
 class DispatchedChord:

@@ -4,6 +4,13 @@ worker its per-minute step and one intent per actionable signal, and close the r
 Every part is idempotent, so a redelivered or re-dispatched publish only does what is missing: the
 signals' unique key, the outbox columns (``published_at``, ``orders_enqueued_at``), the bus's
 sent-ids and the intents' deterministic client order ids (docs/ML_INTEGRATION.md, "Failures").
+
+The shadow challenger's rows (``result["shadow"]``, docs/SIGNAL_QUALITY.md) are stored under their
+own version and published on ``pipeline.shadow_channel`` after the champion's minute is closed and
+announced, so they can neither delay nor fail it. They are **never traded**: order intents are made
+only from rows of the champion's version (``_send_orders`` selects by it and refuses any other), and
+a shadow section that names the champion's own version is dropped. The ledger row, the heartbeat
+and the returned counts describe the champion alone.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def publish_minute(
     """Publish the minute ``result`` of the inference stage made for ledger row ``run``.
 
     ``expires`` bounds the order messages' life (default: the minute's deadline). Returns
-    ``{"minute", "signals", "published", "order_tasks", "tick_task"}``.
+    ``{"minute", "signals", "published", "order_tasks", "tick_task"}``, the champion's, plus
+    ``"shadow"`` (``publish_shadow``'s summary) when the shadow challenger scored the minute.
     """
     settings = rt.settings
     when = minute_dt(minute_iso)
@@ -59,13 +67,17 @@ def publish_minute(
     all_rows = rt.signals.for_minute(when, model_version)
     status = PARTIAL if failures else DONE
     timings = _timings(result, rt.ledger.get(when), stored_s=stored_s, publish_s=publish_s)
+    shadow: Mapping[str, Any] | None = result.get("shadow")
+    notes = [result.get("note")]
+    if shadow is not None and shadow.get("error"):
+        notes.append(f"shadow challenger skipped: {shadow['error']}")
     rt.ledger.update(
         run,
         status=status,
         signals_made=len(all_rows),
         failures=failures,
         timings=timings,
-        note=result.get("note"),
+        note="; ".join(n for n in notes if n) or None,
         finished=True,
     )
     publish_heartbeat(
@@ -86,13 +98,41 @@ def publish_minute(
         published=published,
         orders=len(order_tasks),
     )
-    return {
+    out: dict[str, Any] = {
         "minute": minute_iso,
         "signals": len(all_rows),
         "published": published,
         "order_tasks": order_tasks,
         "tick_task": tick_task,
     }
+    if shadow is not None and shadow.get("version"):
+        out["shadow"] = publish_shadow(rt, shadow, when, model_version)
+    return out
+
+
+def publish_shadow(
+    rt: MinuteRuntime, shadow: Mapping[str, Any], minute: datetime, champion_version: str
+) -> dict[str, Any]:
+    """Store the shadow challenger's rows and publish them on ``pipeline.shadow_channel``; never
+    their orders. Whatever fails here is logged and reported, never raised: the champion's minute is
+    closed already. Returns ``{"version", "signals", "published"}`` (``error`` on a failure)."""
+    version = str(shadow["version"])
+    out: dict[str, Any] = {"version": version, "signals": 0, "published": 0}
+    if version == champion_version:
+        # Its rows would be the champion's own (same unique key): tradable. Never.
+        log.error("shadow rows under the champion's version dropped", version=version)
+        return out | {"error": "the shadow version is the champion's"}
+    try:
+        signals = [_rows(doc) | {"schema_version": SIGNAL_SCHEMA_VERSION} for doc in shadow["signals"]]
+        if any(doc["model_version"] != version for doc in signals):
+            raise ValueError(f"shadow rows of a version other than {version}")
+        rt.signals.upsert(signals, [_rows(doc) for doc in shadow["predictions"]])
+        out["published"] = publish_pending(rt.signals, rt.bus, rt.settings, minute, version, shadow=True)
+        out["signals"] = len(rt.signals.for_minute(minute, version))
+    except Exception as exc:
+        log.exception("shadow signals not stored or published", version=version, minute=minute.isoformat())
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def order_intent(row: SignalRecord, not_before: datetime) -> OrderIntentMessage:
@@ -115,10 +155,24 @@ def order_intent(row: SignalRecord, not_before: datetime) -> OrderIntentMessage:
 
 
 def _send_orders(
-    rt: MinuteRuntime, orders: OrderQueue, minute_iso: str, model_version: str, expires: datetime
+    rt: MinuteRuntime, orders: OrderQueue, minute_iso: str, champion_version: str, expires: datetime
 ) -> tuple[str, list[str]]:
-    """The per-minute step, then one intent per signal not yet enqueued; returns the task ids."""
-    pending = rt.signals.orders_pending(minute_dt(minute_iso), model_version)
+    """The per-minute step, then one intent per signal of the champion not yet enqueued; returns
+    the task ids.
+
+    Only the champion's signals are ever traded: the rows are selected by ``champion_version`` (the
+    version the minute's ledger row records), and a row of any other version, such as the shadow
+    challenger's in the same table, is refused here even if a selection returned it.
+    """
+    selected = rt.signals.orders_pending(minute_dt(minute_iso), champion_version)
+    pending = [row for row in selected if row.model_version == champion_version]
+    if len(pending) != len(selected):
+        log.error(
+            "signals of another version than the champion's refused for trading",
+            minute=minute_iso,
+            champion=champion_version,
+            versions=sorted({r.model_version for r in selected} - {champion_version}),
+        )
     # Before the intents: the paper broker fills earlier orders and checks stops on the candles
     # that closed since the last minute (idempotent per minute: a redelivered publish is harmless).
     tick_task = orders.send_tick(minute_iso, expires)

@@ -3,6 +3,8 @@
 Channels: ``signals`` (every signal), ``signals:<SYMBOL>`` (one symbol's), and the heartbeat
 channel (one message per minute status). Each message also goes to the durable stream
 (``pipeline.stream_key``), once (``pipeline.bus``). Messages are validated by ``pipeline.messages``.
+The shadow challenger's signals go to ``signals:shadow`` (``pipeline.shadow_channel``) only: never
+the champion's channels, never the durable stream.
 """
 
 from __future__ import annotations
@@ -40,9 +42,20 @@ def symbol_channel(settings: Settings, symbol: str) -> str:
 
 
 def publish_pending(
-    store: SignalStore, bus: SignalBus, settings: Settings, minute: datetime, model_version: str
+    store: SignalStore,
+    bus: SignalBus,
+    settings: Settings,
+    minute: datetime,
+    model_version: str,
+    *,
+    shadow: bool = False,
 ) -> int:
-    """Publish the minute's signals not yet published; returns how many were sent now.
+    """Publish the minute's signals of ``model_version`` not yet published; returns how many were
+    sent now.
+
+    The champion's go to ``pipeline.channel``, their symbol's channel and the durable stream. With
+    ``shadow`` (the shadow challenger's) they go to ``pipeline.shadow_channel`` alone: no symbol
+    channel and never the durable stream, which is what consumers act on.
 
     The rows are marked published after the bus took them; a step that dies in between is redone
     by its redelivery, and the bus drops what it already sent.
@@ -54,7 +67,12 @@ def publish_pending(
             kind="signal",
             sequence=str(row.id),
             payload=signal_message(row).model_dump_json(),
-            channels=(settings.pipeline.channel, symbol_channel(settings, row.symbol)),
+            channels=(
+                (settings.pipeline.shadow_channel,)
+                if shadow
+                else (settings.pipeline.channel, symbol_channel(settings, row.symbol))
+            ),
+            stream=not shadow,
         )
         for row in rows
     ]

@@ -86,13 +86,20 @@ def inference_stage(
     Returns ``inference_step``'s ``signals``, ``predictions``, ``failures`` and ``timings``, plus
     ``symbols_asked``, ``feature_timings`` and a ``note`` when feature work was redelivered. A
     transient error is raised for the task to retry; any other error closes the run as failed
-    before it is raised.
+    before it is raised. With ``quality.shadow_enabled`` the registry's challenger scores the same
+    tensor after the champion (``shadow``: its rows, or the error that cost them; never an exception).
     """
     rt.ledger.mark_stage(run, INFERENCE)
     docs = [doc for part in chunk_results for doc in part]
     refs = [WindowRef.from_json({k: v for k, v in doc.items() if k not in _CHUNK_FIELDS}) for doc in docs]
     chunk_seconds = [float(part[0].get("chunk_seconds", 0.0)) for part in chunk_results if part]
     redelivered = sorted({doc["symbol"] for doc in docs if doc.get("redelivered")})
+    # The shadow challenger scores the same tensor after the champion; its failure is a value.
+    shadow = (
+        (lambda tensor: rt.predict_shadow(tensor, model_version))
+        if rt.settings.quality.shadow_enabled
+        else None
+    )
     try:
         result: dict[str, Any] = inference_step(
             refs=refs,
@@ -100,6 +107,7 @@ def inference_stage(
             predict=lambda tensor: rt.predict(tensor, model_version),
             settings=rt.settings,
             minute_ms=parse_minute(minute_iso),
+            shadow=shadow,
         )
     except TRANSIENT_ERRORS:
         raise  # retried; the supervisor closes the run if the retries outlast its deadline
@@ -108,6 +116,8 @@ def inference_stage(
             run, status=FAILED, note=f"inference failed: {type(exc).__name__}: {exc}", finished=True
         )
         raise
+    if "error" in result.get("shadow", {}):
+        rt.count_shadow_failure()
     if redelivered:
         result["note"] = f"feature work for {len(redelivered)} symbols was redelivered after a worker loss"
     result["symbols_asked"] = len(refs)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.logging import get_logger
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, iso_minute
 from data.freshness import ensure_closed_candles
@@ -26,6 +27,8 @@ from ml.features import FEATURE_SPEC, build_live_batch
 from ml.features.live import Scaler
 from ml.outputs import ModelOutputs, horizon_label
 from pipeline.window_store import WindowStore, window_key
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,16 @@ def inference_step(
     predict: Callable[[npt.NDArray[np.float32]], ModelOutputs],
     settings: Settings,
     minute_ms: int,
+    shadow: Callable[[npt.NDArray[np.float32]], ModelOutputs | None] | None = None,
 ) -> dict[str, object]:
     """Fetch every window in one round trip, run one batched forward pass, decode every row.
 
     Returns JSON-ready ``signals`` and ``predictions`` rows plus per-symbol ``failures``.
+
+    ``shadow`` (the shadow challenger, docs/SIGNAL_QUALITY.md) is called with the same tensor once the
+    champion's rows are complete; its rows go under ``"shadow"`` (``version``, ``signals``,
+    ``predictions``) and its time under ``timings["shadow_forward"]`` and ``["shadow_decode"]``. Whatever
+    it raises is logged and recorded as ``{"shadow": {"error": ...}}``: the champion's rows stand.
     """
     failures = {r.symbol: r.reason or "failed" for r in refs if not r.ok}
     ready = [r for r in refs if r.ok and r.key]
@@ -133,14 +142,66 @@ def inference_step(
     began = time.perf_counter()
     model = predict(tensor)
     forward_s = time.perf_counter() - began
-    prices = np.array([r.close for r, _ in present], dtype=np.float64)
+    present_refs = [r for r, _ in present]
+    signals, predictions = _model_rows(present_refs, model, settings, minute_ms)
+    timings: dict[str, float] = {
+        "fetch": round(fetch_s, 4),
+        "forward": round(forward_s, 4),
+        "batch": len(present),
+    }
+    result: dict[str, object] = {
+        "signals": signals,
+        "predictions": predictions,
+        "failures": failures,
+        "timings": timings,
+    }
+    if shadow is not None:
+        shadow_doc = _shadow_rows(present_refs, tensor, shadow, settings, minute_ms, timings)
+        if shadow_doc is not None:
+            result["shadow"] = shadow_doc
+    return result
+
+
+def _shadow_rows(
+    refs: Sequence[WindowRef],
+    tensor: npt.NDArray[np.float32],
+    shadow: Callable[[npt.NDArray[np.float32]], ModelOutputs | None],
+    settings: Settings,
+    minute_ms: int,
+    timings: dict[str, float],
+) -> dict[str, object] | None:
+    """The shadow challenger's rows, or why there are none; None when there was none to score."""
+    began = time.perf_counter()
+    try:
+        model = shadow(tensor)
+        forward_s = time.perf_counter() - began
+        if model is None:
+            return None
+        began = time.perf_counter()
+        signals, predictions = _model_rows(refs, model, settings, minute_ms)
+    except Exception as exc:  # noqa: BLE001
+        # The isolation boundary: a broken challenger (bad weights, a CUDA error, outputs that do not
+        # decode) costs its own rows, never the champion's minute.
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("shadow challenger skipped", minute=iso_minute(minute_ms), error=error)
+        return {"error": error}
+    timings["shadow_forward"] = round(forward_s, 4)
+    timings["shadow_decode"] = round(time.perf_counter() - began, 4)
+    return {"version": model.version, "signals": signals, "predictions": predictions}
+
+
+def _model_rows(
+    refs: Sequence[WindowRef], model: ModelOutputs, settings: Settings, minute_ms: int
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """One model's decoded ``signals`` and raw ``predictions`` rows, in ``refs`` order."""
+    prices = np.array([r.close for r in refs], dtype=np.float64)
     decoded = decode(model.outputs, model.temperature, prices, settings, model.schema)
     minute = iso_minute(minute_ms)
     expires = iso_minute(minute_ms + settings.decoding.signal_ttl_minutes * MINUTE_MS)
     labels = [horizon_label(h, model.schema.bar_minutes) for h in model.schema.horizons]
     signals: list[dict[str, object]] = []
     predictions: list[dict[str, object]] = []
-    for (ref, _), sig, row in zip(present, decoded, model.outputs, strict=True):
+    for ref, sig, row in zip(refs, decoded, model.outputs, strict=True):
         signals.append(
             {
                 "symbol": ref.symbol,
@@ -170,9 +231,4 @@ def inference_step(
                 "temperature": model.temperature,
             }
         )
-    return {
-        "signals": signals,
-        "predictions": predictions,
-        "failures": failures,
-        "timings": {"fetch": round(fetch_s, 4), "forward": round(forward_s, 4), "batch": len(present)},
-    }
+    return signals, predictions

@@ -95,7 +95,7 @@ def load_outcomes(
             o.net_return_raw,
         )
         .where(*conditions)
-        .order_by(o.minute.desc(), o.id.desc())
+        .order_by(o.minute.desc(), o.signal_id.desc())
     )
     if limit is not None:
         stmt = stmt.limit(limit + 1)

@@ -1,5 +1,7 @@
 """``inference`` queue (a dedicated solo worker, GPU when there is one): one batched forward pass
-(``pipeline.stages.inference_stage``)."""
+(``pipeline.stages.inference_stage``), and one more for the registry's challenger when there is one
+(the shadow challenger: scored, stored and published, never traded). The worker holds both models,
+loaded at its start; a new challenger loads in the background."""
 
 from __future__ import annotations
 

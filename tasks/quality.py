@@ -1,21 +1,78 @@
 """``control`` queue, on the beat schedule: score the signals whose horizons have passed, then the
-quality circuit breaker (``quality.service``, docs/SIGNAL_QUALITY.md)."""
+quality circuit breaker, then the champion's feature drift (``quality.service``,
+docs/SIGNAL_QUALITY.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from ml.features.spec import FEATURE_SPEC
 from ml.registry import Registry
+from pipeline.minute_service import attempt_id
+from pipeline.window_store import WINDOW_DTYPE, RedisWindowStore, WindowStore, window_key
 from quality.service import run_quality
 from tasks.common import TRANSIENT_ERRORS
 from worker.app import app
 from worker.runtime import get_runtime
 
 
+class PipelineWindows:
+    """The drift pass's view of the minute pipeline's window store (``quality.drift.LiveWindows``).
+
+    Only the newest row of each window is wanted: from Redis it is read with ``GETRANGE`` (one row
+    of 960 bytes instead of the 92 KB window; 500 windows in about 10 ms instead of about 150 ms),
+    from any other store it is the last row of ``get_many``'s windows.
+    """
+
+    def __init__(
+        self,
+        store: WindowStore,
+        *,
+        context: int = FEATURE_SPEC.context,
+        n_features: int = FEATURE_SPEC.n_features,
+    ) -> None:
+        self.store = store
+        self.shape = (context, n_features)
+
+    def key(self, minute_iso: str, run: int, attempt: int, symbol: str) -> str:
+        return window_key(attempt_id(minute_iso, run, attempt), symbol)
+
+    def newest_rows(self, keys: Sequence[str]) -> list[npt.NDArray[np.float32] | None]:
+        if not keys:
+            return []
+        if isinstance(self.store, RedisWindowStore):
+            return self._redis_rows(self.store, keys)
+        return [None if w is None else w[-1] for w in self.store.get_many(keys, self.shape)]
+
+    def _redis_rows(
+        self, store: RedisWindowStore, keys: Sequence[str]
+    ) -> list[npt.NDArray[np.float32] | None]:
+        context, n_features = self.shape
+        size = n_features * WINDOW_DTYPE.itemsize
+        start = (context - 1) * size
+        pipe = store.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.getrange(key, start, start + size - 1)
+        out: list[npt.NDArray[np.float32] | None] = []
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            if not raw:  # a missing key reads as b""
+                out.append(None)
+            elif len(raw) != size:
+                raise ValueError(f"stored window {key} is shorter than [{context}, {n_features}] float32")
+            else:
+                out.append(np.frombuffer(raw, dtype=WINDOW_DTYPE))
+        return out
+
+
 @app.task(
     name="tasks.quality.score",
     # Idempotent (one transaction per minute and horizon, ON CONFLICT DO NOTHING): a redelivered or
     # overlapping run adds nothing twice, and a worker killed mid-run loses only uncommitted work.
+    # The drift pass counts each ledger run's windows once too (quality.drift).
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=50,
@@ -34,4 +91,5 @@ def score() -> dict[str, Any]:
         rt.settings,
         exchange=rt.source.name,
         registry=Registry(rt.settings.model.registry_dir),
+        windows=PipelineWindows(rt.windows),
     )

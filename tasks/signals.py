@@ -1,5 +1,6 @@
 """``signals`` queue: store the minute's signals once, publish them, enqueue the order intents
-(``pipeline.publish_service``)."""
+of the champion's (``pipeline.publish_service``); then store the shadow challenger's and publish them
+on ``pipeline.shadow_channel``, never as orders."""
 
 from __future__ import annotations
 

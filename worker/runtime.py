@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import redis
 
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 
 class ModelServer(Protocol):
-    """What the pipeline needs from the model registry (``ml.serving`` implements it)."""
+    """What the pipeline needs from the model registry (``ml.serving`` implements it): the champion,
+    and, through ``ShadowModelServer``, the shadow challenger. ``predict`` serves any version it is
+    given; ``warm_up`` (the inference worker's start) loads the champion, and the challenger too."""
 
     def champion_version(self) -> str | None: ...
 
@@ -47,7 +49,24 @@ class ModelServer(Protocol):
 
     def warm_up(self) -> str: ...
 
+
+@runtime_checkable
+class ShadowModelServer(Protocol):
+    """A ``ModelServer`` that also serves the registry's challenger beside the champion
+    (``ml.serving.RegistryModelServer`` does; a server without these methods has no challenger)."""
+
+    def challenger_version(self) -> str | None: ...
+
+    def predict_shadow(self, tensor: npt.NDArray[np.float32], champion_version: str) -> ModelOutputs | None:
+        """The challenger's outputs for the champion-scaled ``tensor``; None when there is none to
+        score this minute; raises when it failed to load or to predict."""
+        ...
+
+
 log = get_logger(__name__)
+
+# Shadow challenger failures (load or prediction), a counter that outlives the inference processes.
+SHADOW_FAILURES_KEY = "mlsig:shadow:failures"
 
 
 @dataclass
@@ -68,6 +87,8 @@ class Runtime:
     trading: Trader | None = None
     # Embedded only: why the in-process workers cannot go on (None while they are healthy).
     health: Callable[[], str | None] | None = None
+    # Shadow challenger failures seen by this process (also counted in Redis, SHADOW_FAILURES_KEY).
+    shadow_failures: int = 0
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
     _trading_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -108,6 +129,29 @@ class Runtime:
 
     def predict(self, tensor: npt.NDArray[np.float32], version: str) -> ModelOutputs:
         return self.model_server().predict(tensor, version)
+
+    def challenger_version(self) -> str | None:
+        server = self.model_server()
+        return server.challenger_version() if isinstance(server, ShadowModelServer) else None
+
+    def predict_shadow(self, tensor: npt.NDArray[np.float32], champion_version: str) -> ModelOutputs | None:
+        """The shadow challenger's outputs for the minute's champion-scaled ``tensor`` (None: no
+        challenger to score); a failure is raised for the inference step, which records it and goes
+        on with the champion's minute."""
+        server = self.model_server()
+        if not isinstance(server, ShadowModelServer):
+            return None
+        return server.predict_shadow(tensor, champion_version)
+
+    def count_shadow_failure(self) -> None:
+        """One minute whose shadow challenger failed (to load, predict or decode)."""
+        self.shadow_failures += 1
+        if self.redis_client is None or not self.settings.ml_integration.monitoring.metrics_enabled:
+            return
+        try:
+            self.redis_client.incr(SHADOW_FAILURES_KEY)
+        except redis.RedisError as exc:  # a metric never fails a minute
+            log.warning("shadow failure not counted", error=str(exc))
 
 
 _runtime: Runtime | None = None

@@ -24,7 +24,6 @@ _JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgre
 def upgrade() -> None:
     op.create_table(
         'signal_outcomes',
-        sa.Column('id', _ID, autoincrement=True, nullable=False),
         sa.Column('signal_id', sa.BigInteger(), nullable=False),
         sa.Column('symbol', sa.String(length=64), nullable=False),
         sa.Column('minute', sa.DateTime(timezone=True), nullable=False),
@@ -50,8 +49,7 @@ def upgrade() -> None:
         sa.Column('net_return_raw', sa.Double(), nullable=True),
         sa.Column('cost', sa.Double(), nullable=False),
         sa.Column('resolved_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint('id', name=op.f('pk_signal_outcomes')),
-        sa.UniqueConstraint('signal_id', 'horizon_bars', name='uq_signal_outcomes_key'),
+        sa.PrimaryKeyConstraint('signal_id', 'horizon_bars', name=op.f('pk_signal_outcomes')),
     )
     op.create_index('ix_signal_outcomes_horizon_minute', 'signal_outcomes', ['horizon_bars', 'minute'], unique=False)
     op.create_index(

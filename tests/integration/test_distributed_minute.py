@@ -5,7 +5,6 @@ Issue 11: the same minute with RabbitMQ as the broker (quorum queues, publisher 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -22,27 +21,26 @@ from sqlalchemy import Engine, func, select
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
-from data.ingest import Ingestor
 from data.models import MlPrediction, OrderIntent, SignalRecord
-from data.sources.simulator import SimulatedMarket
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from pipeline.clock import minute_dt
 from pipeline.ledger import RunLedger
 from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from pipeline.signal_store import SignalStore
 from tests.conftest import redis_db
 from tests.support.models import untrained_registry
-from tests.support.workers import WorkerFleet, celery_client, running_fleet
+from tests.support.workers import (
+    BROKER_DB,
+    WorkerFleet,
+    backfill_live_history,
+    celery_client,
+    deployment_env,
+    running_fleet,
+)
 from worker.queues import Queue, task_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_SYMBOLS = 50
-# This module's own databases on the test Redis (MLSIG_TEST_REDIS_URL), flushed before each test:
-# never the developer's db 0, nor a number another test uses.
-BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
 
 
 @dataclass
@@ -78,34 +76,22 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[Deployment]:
-    for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(redis_db(number)).flushdb()
     channel = f"signals-{uuid.uuid4().hex[:8]}"
     registry = untrained_registry(tmp_path / "models")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
-        "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": redis_db(APP_DB),
-        "MLSIG_CELERY__BROKER_URL": broker_url,
-        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
-        "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
-        "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
-        "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
-        "MLSIG_PIPELINE__CHANNEL": channel,
-        "MLSIG_PIPELINE__HEARTBEAT_CHANNEL": f"{channel}:heartbeat",
-        "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
-        "MLSIG_PIPELINE__SYMBOLS_PER_TASK": "5",
-        "MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD": "0.34",
-        "MLSIG_LOG_LEVEL": "WARNING",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    db.upgrade(pg_url)
-    engine = db.get_engine(pg_url)
-    market = SimulatedMarket()
-    minutes = FEATURE_SPEC.window * 15 + 60
-    report = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
-        market.list_symbols()[:N_SYMBOLS], minutes / 1440, end_ms=floor_minute(now_ms()) - 10 * MINUTE_MS
+    env = deployment_env(
+        pg_url,
+        registry.root,
+        broker_url=broker_url,
+        MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS="6",
+        MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS="1",
+        MLSIG_PIPELINE__CHANNEL=channel,
+        MLSIG_PIPELINE__HEARTBEAT_CHANNEL=f"{channel}:heartbeat",
+        MLSIG_PIPELINE__CANDLE_WAIT_SECONDS="0",
+        MLSIG_PIPELINE__SYMBOLS_PER_TASK="5",
+        MLSIG_ML_INTEGRATION__SIGNALS__CONFIDENCE_THRESHOLD="0.34",
     )
-    assert report.ok
+    backfill_live_history(pg_url, N_SYMBOLS, end_lag_minutes=10)
+    engine = db.get_engine(pg_url)
     client = celery_client(env, "test-client")
     amqp = broker_url.startswith("amqp")
     client.conf.update(

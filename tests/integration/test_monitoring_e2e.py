@@ -18,7 +18,6 @@ Only timings differ from production: scrape and evaluation every second, the sta
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import urllib.request
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 from celery import Celery
 from sqlalchemy import Engine
@@ -38,14 +36,8 @@ from sqlalchemy import Engine
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
-from data.ingest import Ingestor
-from data.sources.simulator import SimulatedMarket
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from pipeline.clock import minute_dt
 from pipeline.ledger import RunLedger
-from tests.conftest import redis_db
 from tests.support.catalogue import CATALOGUE_SERIES
 from tests.support.dashboards import dashboard_files, load_dashboard, metric_names, panel_queries, promql
 from tests.support.exporter import serving_exporter
@@ -60,15 +52,20 @@ from tests.support.prometheus import (
     run_alertmanager,
     run_prometheus,
 )
-from tests.support.workers import WorkerFleet, celery_client, running_fleet, wait_for_workers
+from tests.support.workers import (
+    WorkerFleet,
+    backfill_live_history,
+    celery_client,
+    deployment_env,
+    running_fleet,
+    wait_for_workers,
+)
 from trading.accounts import ensure_account
 from worker.queues import Queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_SYMBOLS = 10
-# As tests/integration/test_distributed_minute.py: the two modules run one after the other.
-BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
 STALL_SECONDS = 60
 BOT_TOKEN = "4242:test-token"
 CHAT_ID = -1001234
@@ -84,31 +81,18 @@ class Deployment:
 
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(redis_db(number)).flushdb()
     registry = untrained_registry(tmp_path / "models")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
-        "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": redis_db(APP_DB),
-        "MLSIG_CELERY__BROKER_URL": redis_db(BROKER_DB),
-        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
-        "MLSIG_MODEL__REGISTRY_DIR": str(registry.root),
-        "MLSIG_DATA__UNIVERSE_SIZE": str(N_SYMBOLS),
-        "MLSIG_PIPELINE__CHANNEL": f"signals-{uuid.uuid4().hex[:8]}",
-        "MLSIG_PIPELINE__CANDLE_WAIT_SECONDS": "0",
-        "MLSIG_PIPELINE__SYMBOLS_PER_TASK": "5",
-        "MLSIG_ML_INTEGRATION__MONITORING__WORKER_HEARTBEAT_SECONDS": "1",
-        "MLSIG_LOG_LEVEL": "WARNING",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    db.upgrade(pg_url)
-    engine = db.get_engine(pg_url)
-    market = SimulatedMarket()
-    history = (FEATURE_SPEC.window * 15 + 60) / 1440
-    report = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
-        market.list_symbols()[:N_SYMBOLS], history, end_ms=floor_minute(now_ms()) - 5 * MINUTE_MS
+    env = deployment_env(
+        pg_url,
+        registry.root,
+        MLSIG_DATA__UNIVERSE_SIZE=str(N_SYMBOLS),
+        MLSIG_PIPELINE__CHANNEL=f"signals-{uuid.uuid4().hex[:8]}",
+        MLSIG_PIPELINE__CANDLE_WAIT_SECONDS="0",
+        MLSIG_PIPELINE__SYMBOLS_PER_TASK="5",
+        MLSIG_ML_INTEGRATION__MONITORING__WORKER_HEARTBEAT_SECONDS="1",
     )
-    assert report.ok
+    backfill_live_history(pg_url, N_SYMBOLS, end_lag_minutes=5)
+    engine = db.get_engine(pg_url)
     # The paper account exists from the first intent on; created here so that its series exist.
     ensure_account(engine, Settings(database_url=pg_url), "paper", datetime.now(UTC))
     client = celery_client(env, "e2e")

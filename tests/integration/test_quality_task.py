@@ -4,28 +4,29 @@ while a pass runs loses nothing: the redelivered task (acks_late) completes it."
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from core.settings import Settings
 from data import db
 from data.models import SignalOutcome
 from quality.outcomes import HORIZONS
-from tests.conftest import redis_db
 from tests.support.quality import N_MINUTES, N_SYMBOLS, build_ledger
-from tests.support.workers import celery_client, running_fleet, wait_for_workers
+from tests.support.workers import (
+    celery_client,
+    deployment_env,
+    running_fleet,
+    wait_for_workers,
+)
 from worker.queues import Queue
 from worker.schedule import beat_schedule
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
 TOTAL = N_MINUTES * N_SYMBOLS * len(HORIZONS)
 
 
@@ -48,19 +49,13 @@ def test_the_beat_schedule_runs_the_quality_pass() -> None:
 def test_the_quality_task_on_a_real_worker_survives_a_kill(pg_url: str, tmp_path: Path) -> None:
     db.upgrade(pg_url)
     ledger = build_ledger(tmp_path, pg_url)
-    for number in (BROKER_DB, BACKEND_DB, APP_DB):
-        redis.Redis.from_url(redis_db(number)).flushdb()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")} | {
-        "MLSIG_DATABASE_URL": pg_url,
-        "MLSIG_REDIS_URL": redis_db(APP_DB),
-        "MLSIG_CELERY__BROKER_URL": redis_db(BROKER_DB),
-        "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
-        "MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS": "6",
-        "MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS": "1",
-        "MLSIG_DATA__UNIVERSE_SIZE": str(N_SYMBOLS),
-        "MLSIG_MODEL__REGISTRY_DIR": str(tmp_path / "models"),
-        "MLSIG_LOG_LEVEL": "WARNING",
-    }
+    env = deployment_env(
+        pg_url,
+        tmp_path / "models",
+        MLSIG_CELERY__VISIBILITY_TIMEOUT_SECONDS="6",
+        MLSIG_CELERY__UNACKED_RESTORE_INTERVAL_SECONDS="1",
+        MLSIG_DATA__UNIVERSE_SIZE=str(N_SYMBOLS),
+    )
     client = celery_client(env, "quality-test")
     with running_fleet(env, tmp_path, [Queue.CONTROL]) as fleet:
         wait_for_workers(client, fleet)

@@ -43,6 +43,31 @@ GAUGES: frozenset[str] = frozenset(
         "mlsignals_queue_messages",
         "mlsignals_queue_unacked_messages",
         "mlsignals_workers_up",
+        # live signal quality (the exporter's quality part; the signal-quality ledger)
+        "mlsignals_quality_ic",
+        "mlsignals_quality_ic_tstat",
+        "mlsignals_quality_hit_rate_ratio",
+        "mlsignals_quality_mean_net_return_ratio",
+        "mlsignals_quality_calibration_ece",
+        "mlsignals_quality_brier_score",
+        "mlsignals_quality_window_signals",
+        "mlsignals_quality_window_actionable_signals",
+        "mlsignals_quality_scored_through_timestamp_seconds",
+        "mlsignals_quality_breaker_last_trip_timestamp_seconds",
+        # quality breaker settings
+        "mlsignals_quality_breaker_enabled",
+        "mlsignals_quality_breaker_hit_rate_floor_ratio",
+        "mlsignals_quality_breaker_ic_floor",
+        "mlsignals_quality_breaker_min_samples",
+        # feature drift (the champion's newest pass)
+        "mlsignals_feature_drift_alert_psi_ratio",
+        "mlsignals_feature_drift_status",
+        "mlsignals_feature_drift_computed_timestamp_seconds",
+        "mlsignals_feature_drift_samples",
+        "mlsignals_feature_drift_minutes",
+        "mlsignals_feature_drift_psi_max",
+        "mlsignals_feature_drift_features",
+        "mlsignals_feature_drift_psi",
     }
 )
 
@@ -57,6 +82,7 @@ COUNTERS: frozenset[str] = frozenset(
         "mlsignals_stream_reconnects_total",
         "mlsignals_order_intents_total",
         "mlsignals_fills_total",
+        "mlsignals_quality_breaker_trips_total",
     }
 )
 

@@ -114,3 +114,23 @@ def independent(ledger: Ledger, h: int) -> tuple[float, float]:
             if abs(primary) > 0.003:
                 hits.append(np.sign(primary) * neutral[k] > 0)
     return float(np.mean(ics)), float(np.mean(hits))
+
+
+def signal_row(symbol: str, minute: datetime, version: str) -> dict[str, Any]:
+    """A stored NEUTRAL signal with no model figures: what a drift or ledger test needs of a minute."""
+    return {
+        "symbol": symbol,
+        "minute": minute,
+        "model_version": version,
+        "bar_end": minute,
+        "direction": "NEUTRAL",
+        "confidence": 0.4,
+        "probabilities": {},
+        "returns": {},
+        "risk": {},
+        "entry_price": 100.0,
+        "stop_loss": None,
+        "take_profit": None,
+        "expires_at": minute + timedelta(minutes=15),
+        "schema_version": 1,
+    }

@@ -122,3 +122,55 @@ def celery_client(env: Mapping[str, str], name: str) -> Celery:
     )
     client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     return client
+
+
+# The distributed tests' databases on the test Redis (broker, results, application): flushed by
+# ``deployment_env``; never the developer's db 0, nor a number the other tests use.
+BROKER_DB, BACKEND_DB, APP_DB = 11, 12, 13
+
+
+def deployment_env(
+    database_url: str, registry_dir: Path | str, *, broker_url: str | None = None, **settings: str
+) -> dict[str, str]:
+    """The environment of a test deployment's worker processes: this process's variables without
+    any ``MLSIG_*``, then its database, the three Redis databases (emptied here), the registry, quiet
+    logs, one BLAS thread, and ``settings`` (``MLSIG_…`` names to values)."""
+    import redis
+
+    from tests.conftest import redis_db
+
+    for number in (BROKER_DB, BACKEND_DB, APP_DB):
+        redis.Redis.from_url(redis_db(number)).flushdb()
+    return (
+        {k: v for k, v in os.environ.items() if not k.startswith("MLSIG_")}
+        | {
+            "MLSIG_DATABASE_URL": database_url,
+            "MLSIG_REDIS_URL": redis_db(APP_DB),
+            "MLSIG_CELERY__BROKER_URL": broker_url or redis_db(BROKER_DB),
+            "MLSIG_CELERY__RESULT_BACKEND": redis_db(BACKEND_DB),
+            "MLSIG_MODEL__REGISTRY_DIR": str(registry_dir),
+            "MLSIG_LOG_LEVEL": "WARNING",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
+        | settings
+    )
+
+
+def backfill_live_history(database_url: str, n_symbols: int, end_lag_minutes: int) -> None:
+    """The model's window of simulated candles (and an hour more) for the first ``n_symbols``,
+    ending ``end_lag_minutes`` before the current minute, on a migrated database."""
+    from core.timegrid import MINUTE_MS, floor_minute, now_ms
+    from data import db
+    from data.ingest import Ingestor
+    from data.sources.simulator import SimulatedMarket
+    from data.store import CandleStore
+    from data.validation import ValidationPolicy
+    from ml.features import FEATURE_SPEC
+
+    db.upgrade(database_url)
+    market = SimulatedMarket()
+    days = (FEATURE_SPEC.window * 15 + 60) / 1440
+    report = Ingestor(CandleStore(db.get_engine(database_url)), market, ValidationPolicy()).backfill(
+        market.list_symbols()[:n_symbols], days, end_ms=floor_minute(now_ms()) - end_lag_minutes * MINUTE_MS
+    )
+    assert report.ok, report

@@ -25,6 +25,7 @@ TABLES = {
     "trading_fills",
     "signal_outcomes",
     "quality_events",
+    "feature_drift",
 }
 
 

@@ -59,7 +59,7 @@ THIRD_PARTY_MONITORING = MONITORING - {"metrics"}
 METRICS_COMMAND = ["mlsignals", "metrics", "serve", "--host", "0.0.0.0", "--port", "9500"]
 CHAT_ID_PLACEHOLDER = "__TELEGRAM_CHAT_ID__"
 QUERY_PANELS = {"timeseries", "stat", "bargauge", "heatmap", "table", "state-timeline", "gauge"}
-LIVE_QUALITY_ROW = "Live quality (after the signal-quality ledger)"
+LIVE_QUALITY_ROW = "Live signal quality"
 
 # What each dashboard must show (the issue's list), as the series its queries read.
 REQUIRED_SERIES = {
@@ -91,6 +91,21 @@ REQUIRED_SERIES = {
         "mlsignals_champion_info",
         "mlsignals_champion_present",
         "mlsignals_model_reloads_total",
+        # live quality (the signal-quality ledger)
+        "mlsignals_quality_ic",
+        "mlsignals_quality_ic_tstat",
+        "mlsignals_quality_hit_rate_ratio",
+        "mlsignals_quality_mean_net_return_ratio",
+        "mlsignals_quality_calibration_ece",
+        "mlsignals_quality_brier_score",
+        "mlsignals_quality_window_signals",
+        "mlsignals_quality_window_actionable_signals",
+        "mlsignals_quality_scored_through_timestamp_seconds",
+        "mlsignals_quality_breaker_trips_total",
+        "mlsignals_quality_breaker_last_trip_timestamp_seconds",
+        "mlsignals_quality_breaker_hit_rate_floor_ratio",
+        "mlsignals_quality_breaker_ic_floor",
+        "mlsignals_kill_switch_engaged",
     },
     "mlsignals-trading": {
         "mlsignals_account_equity",
@@ -258,17 +273,39 @@ def test_confidence_heatmap_uses_buckets_by_le() -> None:
             assert "mlsignals_signal_confidence_bucket" in target["expr"]
 
 
-def test_live_quality_row_is_collapsed_and_holds_no_queries() -> None:
+def _row_panels(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels under the expanded row ``title``: those after it, up to the next row."""
+    top = dashboard["panels"]
+    [start] = [i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == title]
+    assert top[start]["collapsed"] is False
+    inner: list[dict[str, Any]] = []
+    for panel in top[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        inner.append(panel)
+    return inner
+
+
+def test_live_quality_row_replaces_the_placeholder() -> None:
     signals = dashboard_by_uid("mlsignals-signals")
-    rows = [p for p in signals["panels"] if p["type"] == "row" and p["title"] == LIVE_QUALITY_ROW]
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["collapsed"] is True
-    inner = row["panels"]
-    assert inner
-    assert all(p["type"] == "text" for p in inner)
-    assert not [p for p in inner if panel_targets(p)]
-    assert any("issue 15" in p["options"]["content"] for p in inner)
+    assert not [p for p in iter_panels(signals) if p["type"] == "text"], "the issue-15 placeholder is left"
+    inner = _row_panels(signals, LIVE_QUALITY_ROW)
+    read = set().union(*(metric_names(t["expr"]) for p in inner for t in panel_targets(p)))
+    quality = {n for n in CATALOGUE_SERIES if n.startswith("mlsignals_quality_")} - {
+        "mlsignals_quality_breaker_enabled",  # a setting the alert rules read; the panels do not need it
+        "mlsignals_quality_breaker_min_samples",
+    }
+    assert quality <= read, f"the live-quality row shows none of {sorted(quality - read)}"
+    assert "mlsignals_kill_switch_engaged" in read
+    by_title = {p["title"]: p for p in inner}
+    net = by_title["Mean net return by direction (bp)"]
+    assert all(t["expr"].endswith("* 10000") for t in net["targets"]), "net returns are fractions: bp"
+    lag = by_title["Outcomes lag"]
+    assert lag["fieldConfig"]["defaults"]["unit"] == "s"
+    assert lag["targets"][0]["expr"].startswith("time() - ")
+    # A row's panels sit below it.
+    row_y = next(p["gridPos"]["y"] for p in signals["panels"] if p["title"] == LIVE_QUALITY_ROW)
+    assert all(p["gridPos"]["y"] > row_y for p in inner)
 
 
 def test_champion_version_is_shown_by_its_label() -> None:
