@@ -10,6 +10,7 @@ the filler. PostgreSQL writes go through ``COPY`` into a temporary table and one
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, delete, select, text
+from sqlalchemy import Connection, Engine, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -301,7 +302,13 @@ class CandleStore:
             return {r.symbol: (int(r.first), int(r.newest), int(r.n)) for r in rows}
 
     def horizon_exits(
-        self, exchange: str, symbols: Sequence[str], start_ms: int, exit_open_ms: int
+        self,
+        exchange: str,
+        symbols: Sequence[str],
+        start_ms: int,
+        exit_open_ms: int,
+        *,
+        conn: Connection | None = None,
     ) -> dict[str, HorizonExit]:
         """Per symbol: the close of the candle opening at ``exit_open`` (None if not stored) and
         whether it is a gap fill, and how many minutes of ``[start, exit_open]`` ``candle_gaps``
@@ -328,7 +335,9 @@ class CandleStore:
             "AND symbol IN :symbols AND start_time <= :exit AND end_time > :start"
         ).bindparams(bindparam("symbols", expanding=True))
         missing: dict[str, int] = {}
-        with self.engine.connect() as conn:
+        with contextlib.ExitStack() as stack:
+            if conn is None:  # the caller's connection (one transaction for its reads) or our own
+                conn = stack.enter_context(self.engine.connect())
             closes = {r.symbol: (float(r.close), bool(r.is_filled)) for r in conn.execute(exits, params)}
             for r in conn.execute(gaps, params):
                 inside = min(int(r.end_time), exit_open_ms + MINUTE_MS) - max(int(r.start_time), start_ms)

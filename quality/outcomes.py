@@ -134,8 +134,17 @@ class OutcomeScorer:
     def score_minute(self, minute: datetime, horizon_bars: int, now: datetime) -> tuple[int, int] | None:
         """Write the outcomes of ``minute``'s signals at ``horizon_bars``; ``(resolved, unresolved)``
         rows offered, or None before the horizon settled or while a symbol still waits for candles
-        within the grace period."""
-        signals = self._signals(minute, horizon_label(horizon_bars, self.bar_minutes))
+        within the grace period.
+
+        One connection and transaction for the group's reads and its write: each checkout of the
+        pool costs a pre-ping and a reset, two round trips, and a pass makes four groups a minute."""
+        with self.engine.begin() as conn:
+            return self._score(conn, minute, horizon_bars, now)
+
+    def _score(
+        self, conn: Connection, minute: datetime, horizon_bars: int, now: datetime
+    ) -> tuple[int, int] | None:
+        signals = self._signals(conn, minute, horizon_label(horizon_bars, self.bar_minutes))
         if not signals:
             return (0, 0)
         settled = max(s.bar_end for s in signals) + timedelta(
@@ -152,6 +161,7 @@ class OutcomeScorer:
                 sorted({s.symbol for s in signals if s.bar_end == bar_end}),
                 start,
                 start + horizon_bars * bar_ms - MINUTE_MS,
+                conn=conn,
             )
             exits |= {(bar_end, symbol): e for symbol, e in found.items()}
         reasons = {s.id: _unresolved_reason(exits[(s.bar_end, s.symbol)]) for s in signals}
@@ -162,8 +172,7 @@ class OutcomeScorer:
         for version in sorted({s.model_version for s in signals}):
             group = [s for s in signals if s.model_version == version]
             rows += self._rows(minute, group, horizon_bars, exits, reasons)
-        with self.engine.begin() as conn:
-            self._write(conn, rows)
+        self._write(conn, rows)
         unresolved = sum(1 for r in rows if r["status"] == UNRESOLVED)
         return (len(rows) - unresolved, unresolved)
 
@@ -272,7 +281,7 @@ class OutcomeScorer:
         with self.engine.connect() as conn:
             return [_utc(m) for m in conn.execute(stmt).scalars()]
 
-    def _signals(self, minute: datetime, label: str) -> list[_Signal]:
+    def _signals(self, conn: Connection, minute: datetime, label: str) -> list[_Signal]:
         """The minute's signals with this horizon's numbers taken out of their JSON by the database
         (nothing to parse here)."""
         probs = SignalRecord.probabilities[label]
@@ -290,21 +299,20 @@ class OutcomeScorer:
             SignalRecord.returns[label].as_float().label("predicted"),
         )
         stmt = select(*cols).where(SignalRecord.minute == minute).order_by(SignalRecord.id)
-        with self.engine.connect() as conn:
-            return [
-                _Signal(
-                    r.id,
-                    r.symbol,
-                    r.model_version,
-                    _utc(r.created_at),
-                    _utc(r.bar_end),
-                    r.direction,
-                    float(r.entry_price),
-                    (_opt(r.p_long), _opt(r.p_short), _opt(r.p_flat)),
-                    _opt(r.predicted),
-                )
-                for r in conn.execute(stmt)
-            ]
+        return [
+            _Signal(
+                r.id,
+                r.symbol,
+                r.model_version,
+                _utc(r.created_at),
+                _utc(r.bar_end),
+                r.direction,
+                float(r.entry_price),
+                (_opt(r.p_long), _opt(r.p_short), _opt(r.p_flat)),
+                _opt(r.predicted),
+            )
+            for r in conn.execute(stmt)
+        ]
 
     def _config(self, version: str) -> ModelConfig:
         if version not in self._config_cache:
