@@ -129,7 +129,7 @@ def pipeline_minute(
         run,
         status=DONE,
         signals_made=N_SYMBOLS,
-        failures={"XXX/USDT:USDT": "window_quality: 31 % of the window's minutes are gap fills"},
+        failures={"GAPPY/USDT:USDT": "window_quality: 31 % of the window's minutes are gap fills"},
         finished=True,
     )
     return run

@@ -19,17 +19,12 @@ from typer.testing import CliRunner
 from cli.main import app as cli
 from core.settings import Settings, reset_settings_cache
 from core.timegrid import MINUTE_MS, as_utc, dt_to_ms, floor_minute, iso_minute, now_ms
-from data import db
-from data.ingest import Ingestor
 from data.models import OrderIntent, TradingOrder, TradingPosition
-from data.sources.factory import make_source, resolve_symbols
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from ml.model.schema import DIRECTION, RETURNS
 from ml.outputs import ModelOutputs
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
+from tests.support.workers import backfill_live_history
 from worker.app import app
 from worker.embedded import embedded_runtime
 
@@ -47,13 +42,7 @@ def settings(tmp_path: Path) -> Settings:
         ml_integration={"signals": {"confidence_threshold": 0.34}},
         trading={"cooldown_minutes": 0},
     )
-    db.upgrade(s.database_url)
-    source = make_source(s)
-    minutes = FEATURE_SPEC.window * s.data.bar_minutes + 30
-    report = Ingestor(CandleStore(db.get_engine(s.database_url)), source, ValidationPolicy()).backfill(
-        resolve_symbols(s, source), minutes / 1440, end_ms=floor_minute(now_ms()) - 6 * MINUTE_MS
-    )
-    assert report.ok
+    backfill_live_history(s.database_url, N_SYMBOLS, end_lag_minutes=6, extra_minutes=30)
     return s
 
 

@@ -16,13 +16,7 @@ from sqlalchemy import select
 
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
-from data import db
-from data.ingest import Ingestor
 from data.models import OrderIntent, SignalRecord
-from data.sources.factory import make_source, resolve_symbols
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from ml.predictor import Predictor
 from ml.registry import Registry
 from pipeline.clock import minute_dt
@@ -30,6 +24,7 @@ from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from tasks.pipeline import start_minute
 from tasks.signals import CeleryOrderQueue
 from tests.support.models import biased_model, identity_scaler, register_challenger
+from tests.support.workers import backfill_live_history
 from trading.intents import OrderIntentMessage
 from worker.app import app
 from worker.embedded import embedded_runtime
@@ -49,14 +44,8 @@ def settings(tmp_path: Path) -> Settings:
         pipeline={"symbols_per_task": 2, "candle_wait_seconds": 0},
         trading={"cooldown_minutes": 0},
     )
-    db.upgrade(s.database_url)
-    source = make_source(s)
     # History for minutes up to 90 minutes back (the outcomes test replays one an hour and a half ago).
-    minutes = FEATURE_SPEC.window * s.data.bar_minutes + 120
-    report = Ingestor(CandleStore(db.get_engine(s.database_url)), source, ValidationPolicy()).backfill(
-        resolve_symbols(s, source), minutes / 1440, end_ms=floor_minute(now_ms()) - 6 * MINUTE_MS
-    )
-    assert report.ok
+    backfill_live_history(s.database_url, N_SYMBOLS, end_lag_minutes=6, extra_minutes=120)
     return s
 
 

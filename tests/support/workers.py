@@ -156,9 +156,12 @@ def deployment_env(
     )
 
 
-def backfill_live_history(database_url: str, n_symbols: int, end_lag_minutes: int) -> None:
-    """The model's window of simulated candles (and an hour more) for the first ``n_symbols``,
-    ending ``end_lag_minutes`` before the current minute, on a migrated database."""
+def backfill_live_history(
+    database_url: str, n_symbols: int, end_lag_minutes: int, extra_minutes: int = 60
+) -> None:
+    """The model's window of simulated candles (and ``extra_minutes`` more) for the first
+    ``n_symbols`` of the default simulator, ending ``end_lag_minutes`` before the current minute, on
+    a migrated database."""
     from core.timegrid import MINUTE_MS, floor_minute, now_ms
     from data import db
     from data.ingest import Ingestor
@@ -169,7 +172,7 @@ def backfill_live_history(database_url: str, n_symbols: int, end_lag_minutes: in
 
     db.upgrade(database_url)
     market = SimulatedMarket()
-    days = (FEATURE_SPEC.window * 15 + 60) / 1440
+    days = (FEATURE_SPEC.window * 15 + extra_minutes) / 1440
     report = Ingestor(CandleStore(db.get_engine(database_url)), market, ValidationPolicy()).backfill(
         market.list_symbols()[:n_symbols], days, end_ms=floor_minute(now_ms()) - end_lag_minutes * MINUTE_MS
     )
