@@ -61,8 +61,9 @@ _TOP_REASONS = 3
 
 
 class LiveWindows(Protocol):
-    """The pipeline's window store as the drift pass reads it (``tasks.quality.PipelineWindows`` over ``pipeline.window_store``):
-    the key of a symbol's window in one attempt of a ledger run, and the newest row of windows."""
+    """The pipeline's window store as the drift pass reads it (``tasks.quality.PipelineWindows``
+    over ``pipeline.window_store``): the key of a symbol's window in one attempt of a ledger run,
+    and the newest row of windows."""
 
     def key(self, minute_iso: str, run: int, attempt: int, symbol: str) -> str: ...
 
