@@ -2,9 +2,10 @@
 
 Measures the minute's inference stage (``pipeline.stages.inference_stage``, what the inference task
 runs: the ledger's stage mark, one ``MGET`` of every feature window from Redis, the batched forward
-pass, decoding, the JSON-ready rows) at ``--symbols`` symbols on CPU, with and without a challenger
-in the registry (``quality.shadow_enabled`` on and off, the same process, server and windows), in
-alternating order (off-on, then on-off) so that a drift of the shared machine weighs on both alike.
+pass, decoding, the JSON-ready rows) at ``--symbols`` symbols on ``--device`` (CPU by default),
+with and without a challenger in the registry (``quality.shadow_enabled`` on and off, the same
+process, server and windows), in alternating order (off-on, then on-off) so that a drift of the
+shared machine weighs on both alike.
 Also the serialisation of the task's result (Celery's JSON encoding of the returned rows, which
 the shadow's rows make longer). Champion and challenger have the architecture the training recipes
 build and scalers of their own, so the challenger's inputs are rescaled as in production; weights
@@ -87,19 +88,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="rounds of (off, on) pairs")
     parser.add_argument("--store", choices=("redis", "memory"), default="redis")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the model server's device")
     add_redis_option(parser)
     args = parser.parse_args()
     configure_logging("WARNING", False)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as tmp, (
-        claim_redis(args.redis_url) if args.store == "redis" else nullcontext(None)
-    ) as redis_url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        claim_redis(args.redis_url) if args.store == "redis" else nullcontext(None) as redis_url,
+    ):
         settings = Settings(
             data_dir=Path(tmp),
             database_url=f"sqlite:///{tmp}/bench.db",
-            model={"registry_dir": Path(tmp) / "models", "device": "cpu"},
+            model={"registry_dir": Path(tmp) / "models", "device": args.device},
         )
         from data import db
 
@@ -125,7 +128,8 @@ def main() -> None:
         rt.windows.put_many(windows, ttl_seconds=3600)
         chunks = chunks_of(symbols, "bench")
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+            f"device {args.device}{f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else ''}; "
             f"{args.symbols} symbols in {len(chunks)} chunks; windows in {args.store}"
             + (f" ({redis_url})" if redis_url else "")
         )
@@ -133,7 +137,7 @@ def main() -> None:
         minute = datetime(2026, 1, 1, tzinfo=UTC)
         samples: dict[str, list[float]] = {k: [] for k in ("off", "on", "json_off", "json_on")}
         parts: dict[str, list[float]] = {
-            k: [] for k in ("fetch", "forward", "shadow_forward", "shadow_decode")
+            k: [] for k in ("fetch", "forward", "shadow_forward", "shadow_wait", "shadow_decode")
         }
         ratios: list[float] = []
 
@@ -170,13 +174,17 @@ def main() -> None:
             ratios.append(times[True] / times[False] - 1.0)
 
     columns = ["min", "median", *(f"p{q}" for q in percentiles_for(args.rounds)), "max"]
-    print(f"\ninference stage at {args.symbols} symbols, CPU ({args.rounds} rounds of off/on, alternating)")
+    print(
+        f"\ninference stage at {args.symbols} symbols, {args.device.upper()} "
+        f"({args.rounds} rounds of off/on, alternating)"
+    )
     print(f"  {'':<34}{'n':>4}" + "".join(f"{c + ' ms':>10}" for c in columns))
     print(line("stage, no challenger", samples["off"], columns))
     print(line("stage, with the shadow challenger", samples["on"], columns))
     print(line("  window fetch", parts["fetch"], columns))
     print(line("  champion forward", parts["forward"], columns))
-    print(line("  shadow forward (rescale + pass)", parts["shadow_forward"], columns))
+    print(line("  shadow forward (own thread)", parts["shadow_forward"], columns))
+    print(line("  shadow wait after champion rows", parts["shadow_wait"], columns))
     print(line("  shadow decode and rows", parts["shadow_decode"], columns))
     print(line("result JSON, no challenger", samples["json_off"], columns))
     print(line("result JSON, with the challenger", samples["json_on"], columns))

@@ -8,8 +8,10 @@ symbol's failure never stops the others.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -122,9 +124,12 @@ def inference_step(
     Returns JSON-ready ``signals`` and ``predictions`` rows plus per-symbol ``failures``.
 
     ``shadow`` (the shadow challenger, docs/SIGNAL_QUALITY.md) is called with the same tensor once the
-    champion's rows are complete; its rows go under ``"shadow"`` (``version``, ``signals``,
-    ``predictions``) and its time under ``timings["shadow_forward"]`` and ``["shadow_decode"]``. Whatever
-    it raises is logged and recorded as ``{"shadow": {"error": ...}}``: the champion's rows stand.
+    champion's forward pass is done, in a thread of its own while this one decodes the champion's rows
+    (on a GPU the challenger's kernels then run while the CPU decodes); its rows go under ``"shadow"``
+    (``version``, ``signals``, ``predictions``) and its times under ``timings["shadow_forward"]`` (the
+    call), ``["shadow_wait"]`` (what it added after the champion's rows) and ``["shadow_decode"]``.
+    Whatever it raises is logged and recorded as ``{"shadow": {"error": ...}}``: the champion's rows
+    stand.
     """
     failures = {r.symbol: r.reason or "failed" for r in refs if not r.ok}
     ready = [r for r in refs if r.ok and r.key]
@@ -142,6 +147,7 @@ def inference_step(
     began = time.perf_counter()
     model = predict(tensor)
     forward_s = time.perf_counter() - began
+    pending = _in_background(shadow, tensor) if shadow is not None else None
     present_refs = [r for r, _ in present]
     signals, predictions = _model_rows(present_refs, model, settings, minute_ms)
     timings: dict[str, float] = {
@@ -155,17 +161,34 @@ def inference_step(
         "failures": failures,
         "timings": timings,
     }
-    if shadow is not None:
-        shadow_doc = _shadow_rows(present_refs, tensor, shadow, settings, minute_ms, timings)
+    if pending is not None:
+        shadow_doc = _shadow_rows(present_refs, pending, settings, minute_ms, timings)
         if shadow_doc is not None:
             result["shadow"] = shadow_doc
     return result
 
 
+def _in_background(
+    call: Callable[[npt.NDArray[np.float32]], ModelOutputs | None], tensor: npt.NDArray[np.float32]
+) -> Future[tuple[ModelOutputs | None, float]]:
+    """``call(tensor)`` and its duration, in a thread of its own (one per minute: a pool's threads would
+    not survive the fork of a prefork worker's children)."""
+    future: Future[tuple[ModelOutputs | None, float]] = Future()
+
+    def run() -> None:
+        began = time.perf_counter()
+        try:
+            future.set_result((call(tensor), time.perf_counter() - began))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="shadow-challenger", daemon=True).start()
+    return future
+
+
 def _shadow_rows(
     refs: Sequence[WindowRef],
-    tensor: npt.NDArray[np.float32],
-    shadow: Callable[[npt.NDArray[np.float32]], ModelOutputs | None],
+    pending: Future[tuple[ModelOutputs | None, float]],
     settings: Settings,
     minute_ms: int,
     timings: dict[str, float],
@@ -173,8 +196,8 @@ def _shadow_rows(
     """The shadow challenger's rows, or why there are none; None when there was none to score."""
     began = time.perf_counter()
     try:
-        model = shadow(tensor)
-        forward_s = time.perf_counter() - began
+        model, forward_s = pending.result()
+        wait_s = time.perf_counter() - began
         if model is None:
             return None
         began = time.perf_counter()
@@ -186,6 +209,7 @@ def _shadow_rows(
         log.warning("shadow challenger skipped", minute=iso_minute(minute_ms), error=error)
         return {"error": error}
     timings["shadow_forward"] = round(forward_s, 4)
+    timings["shadow_wait"] = round(wait_s, 4)
     timings["shadow_decode"] = round(time.perf_counter() - began, 4)
     return {"version": model.version, "signals": signals, "predictions": predictions}
 
@@ -201,13 +225,16 @@ def _model_rows(
     labels = [horizon_label(h, model.schema.bar_minutes) for h in model.schema.horizons]
     signals: list[dict[str, object]] = []
     predictions: list[dict[str, object]] = []
-    for ref, sig, row in zip(refs, decoded, model.outputs, strict=True):
+    bar_ends: dict[int, str] = {}  # one string per distinct bar end (all symbols share one, mostly)
+    for ref, sig, row in zip(refs, decoded, model.outputs.tolist(), strict=True):
+        bar_end_ms = int(ref.bar_end_ms or minute_ms)
+        bar_end = bar_ends.get(bar_end_ms) or bar_ends.setdefault(bar_end_ms, iso_minute(bar_end_ms))
         signals.append(
             {
                 "symbol": ref.symbol,
                 "minute": minute,
                 "model_version": model.version,
-                "bar_end": iso_minute(int(ref.bar_end_ms or minute_ms)),
+                "bar_end": bar_end,
                 "direction": sig.direction,
                 "confidence": sig.confidence,
                 "probabilities": {
@@ -227,7 +254,7 @@ def _model_rows(
                 "symbol": ref.symbol,
                 "minute": minute,
                 "model_version": model.version,
-                "outputs": [float(v) for v in row],
+                "outputs": row,
                 "temperature": model.temperature,
             }
         )

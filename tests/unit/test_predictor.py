@@ -156,5 +156,7 @@ def test_cuda_outputs_match_cpu(registry: Registry, tmp_path: Path, monkeypatch:
     on_cpu = cpu.predict(x)
     assert on_gpu.dtype == np.float32
     assert on_gpu.shape == on_cpu.shape == (64, 20)
-    # Different kernels and summation orders: equal up to float32 rounding through the network.
-    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
+    # Different kernels and summation orders: equal up to float32 rounding through the network. On an
+    # H200 (torch 2.11, CUDA 13) 36 of 1,280 outputs differed by more than 1e-4, the largest by 2.1e-4
+    # (a near-zero return); a batch on the wrong device or with wrong weights is off by 1e-1 and more.
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)

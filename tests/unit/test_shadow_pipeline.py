@@ -107,7 +107,7 @@ def test_the_challenger_scores_the_same_tensor_after_the_champion(runtime: Runti
     assert shadow["version"] == CHALLENGER
     assert [s["symbol"] for s in shadow["signals"]] == list(SYMBOLS)
     assert {s["model_version"] for s in shadow["signals"] + shadow["predictions"]} == {CHALLENGER}
-    assert {"forward", "shadow_forward", "shadow_decode"} <= set(result["timings"])
+    assert {"forward", "shadow_forward", "shadow_wait", "shadow_decode"} <= set(result["timings"])
     # Its own outputs, not the champion's.
     champion_out = [p["outputs"] for p in result["predictions"]]
     assert champion_out != [p["outputs"] for p in shadow["predictions"]]

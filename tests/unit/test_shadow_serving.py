@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core.settings import Settings
 from ml import serving
@@ -15,7 +16,7 @@ from ml.features import FEATURE_SPEC
 from ml.predictor import Predictor
 from ml.registry import Registry
 from ml.scaling import RobustScaler
-from ml.serving import ChallengerUnavailableError, RegistryModelServer, rescale
+from ml.serving import ChallengerUnavailableError, RegistryModelServer, rescale, rescale_tensor
 from tests.support.model_fixtures import random_model
 from tests.support.models import register_challenger, shifted_scaler, untrained_registry
 
@@ -71,6 +72,46 @@ def test_rescale_is_the_identity_for_one_scaler() -> None:
     scaler = shifted_scaler(3)
     tensor = scaler.transform(raw_features(2, scaler))
     assert rescale(tensor, scaler, scaler) is tensor
+
+
+def test_rescale_on_a_tensor_matches_the_array_map_bit_for_bit() -> None:
+    champion, challenger = shifted_scaler(7), shifted_scaler(1)
+    tensor = champion.transform(raw_features(3, champion, spread=12.0))  # some values clipped
+    on_torch = rescale_tensor(torch.from_numpy(tensor), champion, challenger)
+    # The reference: the map written out in NumPy (multiply, add, clip; float32 throughout).
+    gain = (champion.scale / challenger.scale).astype(np.float32)
+    offset = ((champion.center - challenger.center) / challenger.scale).astype(np.float32)
+    expected = np.clip(
+        np.multiply(tensor, gain, dtype=np.float32) + offset, -challenger.clip, challenger.clip
+    )
+    np.testing.assert_array_equal(on_torch.numpy(), expected)
+    assert float(np.abs(tensor).max()) == champion.clip  # the input itself was left as it was
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_challenger_on_a_gpu_answers_as_on_the_cpu(
+    settings: Settings, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    challenger_of(registry)
+    servers = {
+        device: RegistryModelServer(
+            settings.model_copy(update={"model": settings.model.model_copy(update={"device": device})})
+        )
+        for device in ("cpu", "cuda")
+    }
+    champion = servers["cpu"].champion_version()
+    assert champion is not None
+    tensor = servers["cpu"].scaler(champion).transform(raw_features(32, registry.load(champion).scaler))
+    for server in servers.values():
+        server.warm_up()
+    on_cpu, on_gpu = (servers[d].predict_shadow(tensor, champion) for d in ("cpu", "cuda"))
+    assert on_cpu is not None
+    assert on_gpu is not None
+    # The rescale ran on the GPU, then the pass: float32 rounding apart (tolerance as test_predictor's).
+    np.testing.assert_allclose(on_gpu.outputs, on_cpu.outputs, rtol=1e-3, atol=1e-3)
 
 
 def test_the_challenger_sees_its_own_scaling_of_the_raw_features(
