@@ -29,7 +29,7 @@ from monitoring.scan import SettledScan
 from trading.risk import Rejection
 from trading.states import CANCELLED, CLOSING, EXPIRED, FILLED, OPEN, REJECTED
 from worker.queues import Queue
-from worker.telemetry import model_loads, workers_up
+from worker.telemetry import model_loads, shadow_failures, workers_up
 
 LAG_BOUNDS = (60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 INTENTS: Table = OrderIntent.__table__  # type: ignore[assignment]
@@ -247,6 +247,11 @@ def model_families(registry: Registry, redis_client: redis.Redis | None) -> Iter
             "mlsignals_model_reloads",
             "Model loads by inference workers (start and hot reloads).",
             value=float(model_loads(redis_client)),
+        )
+        yield CounterMetricFamily(
+            "mlsignals_shadow_failures",
+            "Minutes whose shadow challenger failed to load, predict or decode (the champion's rows stood).",
+            value=float(shadow_failures(redis_client)),
         )
 
 

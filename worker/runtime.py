@@ -25,7 +25,7 @@ from pipeline.ledger import RunLedger
 from pipeline.locks import MinuteLock, RedisMinuteLock
 from pipeline.signal_store import SignalStore
 from pipeline.window_store import RedisWindowStore, WindowStore
-from worker.telemetry import record_model_load
+from worker.telemetry import record_model_load, record_shadow_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,8 +65,6 @@ class ShadowModelServer(Protocol):
 
 log = get_logger(__name__)
 
-# Shadow challenger failures (load or prediction), a counter that outlives the inference processes.
-SHADOW_FAILURES_KEY = "mlsig:shadow:failures"
 
 
 @dataclass
@@ -87,7 +85,7 @@ class Runtime:
     trading: Trader | None = None
     # Embedded only: why the in-process workers cannot go on (None while they are healthy).
     health: Callable[[], str | None] | None = None
-    # Shadow challenger failures seen by this process (also counted in Redis, SHADOW_FAILURES_KEY).
+    # Shadow challenger failures seen by this process (also counted in Redis: telemetry.SHADOW_FAILURES_KEY).
     shadow_failures: int = 0
     _models_lock: threading.Lock = field(default_factory=threading.Lock)
     _trading_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -149,7 +147,7 @@ class Runtime:
         if self.redis_client is None or not self.settings.ml_integration.monitoring.metrics_enabled:
             return
         try:
-            self.redis_client.incr(SHADOW_FAILURES_KEY)
+            record_shadow_failure(self.redis_client)
         except redis.RedisError as exc:  # a metric never fails a minute
             log.warning("shadow failure not counted", error=str(exc))
 

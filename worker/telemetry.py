@@ -27,6 +27,8 @@ log = get_logger(__name__)
 
 WORKERS_KEY = "mlsig:workers"
 MODEL_LOADS_KEY = "mlsig:model:loads"
+# Minutes whose shadow challenger failed (load, prediction or decoding): outlives the inference processes.
+SHADOW_FAILURES_KEY = "mlsig:shadow:failures"
 # A worker whose heartbeat is older than this many periods is down.
 MISSED_BEATS = 3
 
@@ -62,6 +64,14 @@ def record_model_load(client: redis.Redis) -> None:
 
 def model_loads(client: redis.Redis) -> int:
     return int(client.get(MODEL_LOADS_KEY) or 0)
+
+
+def record_shadow_failure(client: redis.Redis) -> None:
+    client.incr(SHADOW_FAILURES_KEY)
+
+
+def shadow_failures(client: redis.Redis) -> int:
+    return int(client.get(SHADOW_FAILURES_KEY) or 0)
 
 
 class Heartbeat:

@@ -79,6 +79,7 @@ COUNTERS: frozenset[str] = frozenset(
         "mlsignals_symbol_failures_total",
         "mlsignals_signals_total",
         "mlsignals_model_reloads_total",
+        "mlsignals_shadow_failures_total",
         "mlsignals_stream_reconnects_total",
         "mlsignals_order_intents_total",
         "mlsignals_fills_total",

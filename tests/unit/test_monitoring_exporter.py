@@ -31,7 +31,14 @@ from tests.conftest import REDIS_URL
 from tests.support.trading import intent, make_trader, ms, write_candles
 from trading.accounts import set_halted
 from worker.queues import task_queues
-from worker.telemetry import WORKERS_KEY, Heartbeat, beat, record_model_load, workers_up
+from worker.telemetry import (
+    WORKERS_KEY,
+    Heartbeat,
+    beat,
+    record_model_load,
+    record_shadow_failure,
+    workers_up,
+)
 
 MINUTE0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 BTC = "BTC/USDT:USDT"
@@ -416,10 +423,12 @@ def test_stream_state_and_model_loads(redis_exporter: Exporter, clean_redis: red
     marks.count_reconnect("simulator")
     marks.count_reconnect("simulator")
     record_model_load(clean_redis)
+    record_shadow_failure(clean_redis)
     redis_exporter.refresh()
     assert sample(redis_exporter, "mlsignals_stream_connected", exchange="simulator") == 1
     assert sample(redis_exporter, "mlsignals_stream_reconnects_total", exchange="simulator") == 2
     assert sample(redis_exporter, "mlsignals_model_reloads_total") == 1
+    assert sample(redis_exporter, "mlsignals_shadow_failures_total") == 1
 
 
 def test_a_failing_part_reports_down_and_keeps_its_last_values(sqlite_url: str, tmp_path: Path) -> None:
