@@ -94,17 +94,7 @@ def ready_store(s: Settings) -> CandleStore:
     from data import db
     from data.store import CandleStore
 
-    url = db.normalise_url(s.database_url)
-    if url.startswith("sqlite"):
-        db.upgrade(url)
-    else:
-        head = db.head_revision()
-        current = db.current_revision(url)
-        if current != head:
-            raise MLSignalsError(
-                f"database schema is at {current or 'nothing'}, not {head}: run `mlsignals db upgrade`"
-            )
-    return CandleStore(db.get_engine(url))
+    return CandleStore(db.ready_engine(s.database_url))
 
 
 def split_symbols(values: list[str] | None) -> list[str] | None:

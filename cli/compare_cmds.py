@@ -5,7 +5,6 @@ group (cli/model_cmds.py): ``app.command("compare")(compare_cmds.compare)``."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
@@ -27,21 +26,19 @@ def compare(
     of each with a paired test of the difference, hit rate and net return per direction, ECE and
     Brier. Promoting stays your decision: `mlsignals model promote challenger`."""
     from ml.registry import open_registry
-    from quality.compare import compare_versions, without_series
+    from quality.champion import compare_champion
+    from quality.compare import without_series
     from quality.outcomes import HORIZONS
 
     s = settings()
-    registry = open_registry(s.model.registry_dir)
-    champion, challenger = registry.resolve("champion"), registry.resolve("challenger")
-    start = parse_time(since) or datetime.now(UTC) - timedelta(days=s.quality.window_days)
-    report = compare_versions(
+    report = compare_champion(
         ready_store(s).engine,
         s,
-        champion,
-        challenger,
+        open_registry(s.model.registry_dir),
         horizons=parse_horizon(horizon) or HORIZONS,
-        since=start,
+        since=parse_time(since),
     )
+    champion, challenger = report["champion"], report["challenger"]
     if as_json:
         console.print_json(json.dumps(without_series(report), default=str))
         return

@@ -19,14 +19,11 @@ if TYPE_CHECKING:
 
     from core.settings import Settings
     from data.ingest import IngestReport
-    from data.store import CandleStore, GapRecord
     from data.stream.service import CandleStreamService
     from data.validation import Gap
 
 app = typer.Typer(help="Market data: backfill, sync, import and status.", no_args_is_help=True)
 
-# ``data status`` lists the outages of the last day.
-OUTAGE_LOOKBACK_MS = 1440 * MINUTE_MS
 SymbolsOption = typer.Option(None, "--symbols", "-s", help="Symbols, comma-separated or repeated.")
 
 
@@ -203,29 +200,16 @@ def import_file(
 
     Missing minutes are filled (flagged, never counted as trades) and reported with where they are.
     """
-    from data.sources.files import exchange_label, read_candle_file
-    from data.validation import validate_batch
+    from data.file_import import import_candle_file
 
     s = settings()
-    store = ready_store(s)
-    label = exchange or exchange_label(file)
-    frame = read_candle_file(file)
-    before = store.candle_before(label, symbol, int(frame["open_time"].min())) if len(frame) else None
-    batch = validate_batch(
-        frame,
-        symbol,
-        now_ms=now_ms(),
-        policy=policy(s),
-        expected_start_ms=None if before is None else before.open_time + MINUTE_MS,
-        prev_close=None if before is None else before.close,
-    )
-    inserted = store.write(label, [batch])
+    done = import_candle_file(ready_store(s), file, symbol, policy(s), exchange=exchange)
     console.print(
-        f"{file}: {len(frame)} candles read, {batch.filled_minutes} filled in {len(batch.gaps)} gaps, "
-        f"{inserted} new for {symbol} on {label}",
+        f"{file}: {done.read} candles read, {done.filled_minutes} filled in {len(done.gaps)} gaps, "
+        f"{done.inserted} new for {symbol} on {done.exchange}",
         highlight=False,
     )
-    _print_gaps(batch.gaps)
+    _print_gaps(done.gaps)
 
 
 def _print_gaps(gaps: Sequence[Gap], shown: int = 10) -> None:
@@ -250,53 +234,16 @@ def status(
 ) -> None:
     """Per symbol: newest candle, gaps, staleness and quarantine reason."""
     from data.sources.factory import make_source
-    from data.store import group_outages
-    from data.validation import staleness_ms
+    from quality.data_status import store_health
 
     s = settings()
-    store = ready_store(s)
-    label = make_source(s).name
-    rows = store.status(label, split_symbols(symbols))
-    now = now_ms()
-    quality = _window_quality(s, store, label, [r.symbol for r in rows if r.candles], now)
-    since = now - OUTAGE_LOOKBACK_MS
-    outages, own_gaps = group_outages(
-        store.gaps(label, since_ms=since, outages_only=True), max(1, len(rows)), s.data.outage_min_share
-    )
-    recent_outages = {g.symbol: g for g in own_gaps}
-    records = []
-    for r in rows:
-        lag = staleness_ms(r.newest_open_ms, now)
-        own = recent_outages.get(r.symbol)
-        records.append(
-            {
-                "symbol": r.symbol,
-                "candles": r.candles,
-                "first": iso_minute(r.first_open_ms) if r.first_open_ms is not None else None,
-                "newest": iso_minute(r.newest_open_ms) if r.newest_open_ms is not None else None,
-                "missing_minutes": r.missing_minutes,
-                "filled_minutes": r.filled_minutes,
-                "staleness_s": None if lag is None else lag // 1000,
-                "stale": lag is None or lag > s.data.stale_after_seconds * 1000,
-                "quarantine": r.quarantine_rule,
-                "reason": r.quarantine_detail,
-                "signal_blocked": quality.get(r.symbol),
-                "last_outage": None if own is None else own_gap_text(own),
-            }
-        )
-    outage_records = [
-        {
-            "start": iso_minute(o.start_ms),
-            "end": iso_minute(o.end_ms),
-            "minutes": o.minutes,
-            "symbols": len(o.symbols),
-        }
-        for o in outages
-    ]
+    health = store_health(s, ready_store(s), make_source(s).name, split_symbols(symbols))
+    doc = health.to_json()
+    records, outage_records = doc["symbols"], doc["exchange_outages"]
     if as_json:
-        console.print_json(json.dumps({"symbols": records, "exchange_outages": outage_records}))
+        console.print_json(json.dumps(doc))
         return
-    table = Table(title=f"candles on {label}")
+    table = Table(title=f"candles on {health.exchange}")
     table.add_column("symbol", no_wrap=True, min_width=16)
     table.add_column("candles", justify="right")
     table.add_column("newest (UTC)", no_wrap=True, min_width=16)
@@ -327,28 +274,6 @@ def status(
     for rec in records:
         if rec["last_outage"]:
             console.print(f"{rec['symbol']}: {rec['last_outage']}", highlight=False)
-
-
-def own_gap_text(gap: GapRecord) -> str:
-    return f"long gap {iso_minute(gap.start_ms)} .. {iso_minute(gap.end_ms)} ({gap.minutes} min)"
-
-
-def _window_quality(
-    s: Settings, store: CandleStore, label: str, symbols: list[str], now: int
-) -> dict[str, str]:
-    """Why each symbol would get no signal this minute for want of real candles (absent: it would)."""
-    if not symbols:
-        return {}
-    from ml.features import FEATURE_SPEC
-
-    panel = store.read_bars(label, symbols, floor_minute(now), FEATURE_SPEC.context, s.data.bar_minutes)
-    reasons = panel.quality_reasons(
-        FEATURE_SPEC.context, s.pipeline.max_filled_share, s.pipeline.min_real_share_newest_bar
-    )
-    incomplete = panel.incomplete_symbols()
-    for symbol, bars in incomplete.items():
-        reasons.setdefault(symbol, f"history: {bars} of the last {FEATURE_SPEC.context} bars incomplete")
-    return reasons
 
 
 def _workers(s: Settings) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_cmds, db_cmds, metrics_cmds, model_cmds, run_cmd, signals_cmds, trading_cmds
+from cli import data_cmds, db_cmds, mcp_cmds, metrics_cmds, model_cmds, run_cmd, signals_cmds, trading_cmds
 
 app = typer.Typer(
     name="mlsignals",
@@ -18,6 +18,7 @@ app.add_typer(model_cmds.app, name="model")
 app.add_typer(signals_cmds.app, name="signals")
 app.add_typer(trading_cmds.app, name="trading")
 app.add_typer(metrics_cmds.app, name="metrics")
+app.add_typer(mcp_cmds.app, name="mcp")
 app.command("run")(run_cmd.run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,9 +13,6 @@ from rich.table import Table
 from cli import compare_cmds, drift_cmds
 from cli.common import clean_errors, console, ready_store, settings
 from core.timegrid import iso_minute
-
-if TYPE_CHECKING:
-    from core.settings import Settings
 
 # ml.* (and torch with it) is imported inside the commands that use it: it takes seconds.
 
@@ -281,11 +278,12 @@ def train(
 @clean_errors
 def list_versions() -> None:
     """Every stored version with its aliases and held-out headline figures."""
+    from ml.catalog import version_summaries
     from ml.jobs import registry_for
 
     registry = registry_for(settings())
-    versions = registry.versions()
-    if not versions:
+    summaries = version_summaries(registry)
+    if not summaries:
         console.print(
             f"no model versions in {registry.root}: run `mlsignals model bootstrap` or `model train`"
         )
@@ -299,18 +297,15 @@ def list_versions() -> None:
         "IC 1h per time",
         title=f"models in {registry.root}",
     )
-    for version in versions:
-        info = registry.info(version)
-        test = info.metrics.get("test") or {}
-        hs = test.get("horizons") or []
-        acc = f"{_f(hs[0]['accuracy'])} / {_f(hs[0]['majority_accuracy'])}" if hs else "-"
-        ic = _f(hs[1]["ic_per_time"], "+.4f") if len(hs) > 1 else "-"
-        candles = info.training.get("candles", {})
+    for summary in summaries:
+        hs = summary.test
+        acc = f"{_f(hs[0].accuracy)} / {_f(hs[0].majority_accuracy)}" if hs else "-"
+        ic = _f(hs[1].ic_per_time, "+.4f") if len(hs) > 1 else "-"
         table.add_row(
-            version,
-            ", ".join(info.aliases),
-            str(len(info.training.get("symbols", []))),
-            f"{candles.get('start', '?')} .. {candles.get('end', '?')}",
+            summary.version,
+            ", ".join(summary.aliases),
+            str(summary.symbols),
+            f"{summary.history_start or '?'} .. {summary.history_end or '?'}",
             acc,
             ic,
         )
@@ -364,11 +359,12 @@ def show(version: str = VersionArgument) -> None:
 def promote(version: str = VersionArgument) -> None:
     """Make VERSION the champion (the previous champion can be restored with rollback)."""
     from ml.jobs import registry_for
+    from quality.champion import promote as promote_champion
 
     s = settings()
-    promoted = registry_for(s).promote(version)
-    console.print(f"champion is now {promoted}", highlight=False)
-    _lift_quality_breaker(s, promoted)
+    change = promote_champion(ready_store(s).engine, s, registry_for(s), version)
+    console.print(f"champion is now {change.champion}", highlight=False)
+    _print_breaker_lift(change.champion, change.breaker_lifted)
 
 
 @app.command()
@@ -376,18 +372,17 @@ def promote(version: str = VersionArgument) -> None:
 def rollback() -> None:
     """Return the champion alias to the previous champion."""
     from ml.jobs import registry_for
+    from quality.champion import rollback as rollback_champion
 
     s = settings()
-    restored = registry_for(s).rollback()
-    console.print(f"champion rolled back to {restored}", highlight=False)
-    _lift_quality_breaker(s, restored)
+    change = rollback_champion(ready_store(s).engine, s, registry_for(s))
+    console.print(f"champion rolled back to {change.champion}", highlight=False)
+    _print_breaker_lift(change.champion, change.breaker_lifted)
 
 
-def _lift_quality_breaker(s: Settings, champion: str) -> None:
+def _print_breaker_lift(champion: str, lifted: bool) -> None:
     """A new champion ends a quality-breaker halt of the one before (docs/SIGNAL_QUALITY.md)."""
-    from quality.events import resume_after_promotion
-
-    if resume_after_promotion(ready_store(s).engine, s, champion):
+    if lifted:
         console.print(f"quality breaker lifted: {champion} is champion, trading resumed", highlight=False)
 
 

@@ -6,31 +6,20 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from cli.common import clean_errors, console, ready_store, settings
-from core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from core.settings import Settings
-
-HORIZON_LABELS = {"15m": 1, "1h": 4, "4h": 16, "12h": 48}
 
 
 def parse_horizon(value: str | None) -> tuple[int, ...] | None:
-    """``15m``/``1h``/``4h``/``12h`` or a number of bars; None: every horizon."""
-    if value is None:
-        return None
-    if value in HORIZON_LABELS:
-        return (HORIZON_LABELS[value],)
-    if value.isdigit() and int(value) in HORIZON_LABELS.values():
-        return (int(value),)
-    raise ConfigError(
-        f"unknown horizon {value!r}: use one of {', '.join(HORIZON_LABELS)} (or 1, 4, 16, 48 bars)"
-    )
+    """The domain's horizon names (``quality.live``), imported only when a command runs: it loads
+    NumPy and the model code, which ``mlsignals --help`` must not."""
+    from quality.live import parse_horizon as parse
+
+    return parse(value)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -39,17 +28,6 @@ def parse_time(value: str | None) -> datetime | None:
     from core.timegrid import parse_minute
 
     return datetime.fromtimestamp(parse_minute(value) / 1000, tz=UTC)
-
-
-def _version(s: Settings, model: str) -> str:
-    from ml.registry import RegistryError, open_registry
-
-    try:
-        return open_registry(s.model.registry_dir).resolve(model)
-    except RegistryError:
-        if model in {"champion", "challenger"}:
-            raise
-        return model  # a version no longer in the registry still has its outcomes
 
 
 @clean_errors
@@ -65,18 +43,17 @@ def quality(
     """Rolling live quality of a model's signals per horizon: hit rate and net return per direction,
     IC with its t-statistic, calibration (ECE, Brier); the breaker's state and recent events."""
     from ml.evaluation import json_ready
-    from quality.events import events, halt_state
+    from ml.registry import open_registry
+    from quality.live import live_quality, report_version
     from quality.outcomes import HORIZONS
-    from quality.report import quality_report, without_series, write_quality_plots
+    from quality.report import without_series, write_quality_plots
 
     horizons, start = parse_horizon(horizon) or HORIZONS, parse_time(since)
     s = settings()
     engine = ready_store(s).engine
-    version = _version(s, model)
-    report = quality_report(engine, s, version, horizons=horizons, since=start)
-    halted, why = halt_state(engine, s)
-    report["trading"] = {"halted": halted, "reason": why}
-    report["breaker_events"] = [{**e, "at": e["at"].isoformat()} for e in events(engine, limit=10)]
+    version = report_version(open_registry(s.model.registry_dir), model)
+    report = live_quality(engine, s, version, horizons=horizons, since=start)
+    halted, why = report["trading"]["halted"], report["trading"]["reason"]
     written = write_quality_plots(report, plot) if plot is not None else []
     if as_json:
         console.print_json(json.dumps(json_ready(without_series(report)), default=str, allow_nan=False))

@@ -272,6 +272,31 @@ class QualitySettings(BaseModel):
     drift_top: int = Field(10, ge=1, le=240)
 
 
+class McpSettings(BaseModel):
+    """The MCP servers ml-data, ml-signal and ml-model (``mcp_servers/``, docs/MCP.md)."""
+
+    # Mutating tools (backfill, import_file, run_minute, promote, rollback) exist only when true; each
+    # call of one writes an audit row (mcp_audit).
+    allow_write: bool = False
+    # Bearer tokens of the streamable-HTTP transport, client id -> token: the client id is the caller
+    # the audit records. From MLSIG_MCP__TOKENS='{"ops-agent": "..."}' or ``tokens_file`` (a JSON
+    # object of the same shape, or ``client_id=token`` lines), never from a command line.
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    tokens_file: Path | None = None
+    # The public URL of the HTTP servers (the SDK's auth metadata names it); default: http://HOST:PORT.
+    public_url: str | None = None
+    # Limits, so that no tool can dump the database.
+    max_rows: int = Field(1000, ge=1, le=100_000)
+    max_range_days: float = Field(31.0, gt=0)
+    max_symbols: int = Field(500, ge=1)
+    max_backfill_days: int = Field(30, ge=1)
+    # run_minute waits this long for the minute it sent (then answers with the task id).
+    run_minute_wait_seconds: float = Field(120.0, gt=0)
+    # The only directory import_file reads from (None: DATA_DIR/imports): an agent names a file in it,
+    # never an arbitrary path on the host.
+    import_dir: Path | None = None
+
+
 class MarketRuleSettings(BaseModel):
     """A paper market's order rules (live trading reads them from the exchange instead)."""
 
@@ -337,6 +362,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     trading: TradingSettings = TradingSettings()
     quality: QualitySettings = QualitySettings()
+    mcp: McpSettings = McpSettings()
 
     @field_validator("log_level")
     @classmethod

@@ -103,3 +103,20 @@ def current_revision(url: str) -> str | None:
 
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def ready_engine(url: str) -> Engine:
+    """The engine of ``url`` on an up-to-date schema: SQLite upgrades itself, a server must have been
+    upgraded (``mlsignals db upgrade``): ``ConfigError`` otherwise."""
+    from core.errors import ConfigError
+
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        upgrade(url)
+    else:
+        head, current = head_revision(), current_revision(url)
+        if current != head:
+            raise ConfigError(
+                f"database schema is at {current or 'nothing'}, not {head}: run `mlsignals db upgrade`"
+            )
+    return get_engine(url)

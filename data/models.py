@@ -500,3 +500,23 @@ class FeatureDrift(Base):
     counts: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     # The data-quality context of the newest minute read (symbols asked, failed and why, expired).
     detail: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+
+
+class McpAudit(Base):
+    """One call of a mutating MCP tool (``mcp_servers``, docs/MCP.md "Security"): who called which tool
+    with which arguments, when, how long it took, and what came of it. Written after the call, also
+    when it failed (``ok`` false, ``error`` the message the caller saw)."""
+
+    __tablename__ = "mcp_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    called_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    server: Mapped[str] = mapped_column(String(32))
+    tool: Mapped[str] = mapped_column(String(64))
+    # The bearer token's client id over HTTP; ``stdio:<os user>`` over stdio.
+    caller: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Double)

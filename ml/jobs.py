@@ -284,10 +284,12 @@ def evaluate_version(
     progress: Progress | None = None,
     registry: Registry | None = None,
     holdout_days: float = 0.0,
+    record: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """Re-evaluate a stored version on its test split and on the ``holdout_days`` before its training
     data (0, the default here: the test split only; ``mlsignals model evaluate`` asks for
-    ``HOLDOUT_DAYS``); the result replaces its metrics.
+    ``HOLDOUT_DAYS``); with ``record`` (the default) the result replaces its metrics, without it the
+    version's files stay as they are (a caller that only reads: the MCP tool ``evaluate_model``).
 
     Returns the version and the full metrics, the per-time series included (for ``--json`` and the
     plots); the registry stores them without the series (``ml.evaluation.without_series``).
@@ -312,7 +314,8 @@ def evaluate_version(
         **loaded.metrics,
         **assemble_metrics(model, rules, loaded.schema, test, holdout, baselines, source),
     }
-    registry.update_metrics(loaded.version, json_ready(without_series(metrics)))
+    if record:
+        registry.update_metrics(loaded.version, json_ready(without_series(metrics)))
     return loaded.version, metrics
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -98,19 +99,28 @@ def sqlite_url(tmp_path: object) -> Iterator[str]:
     db.dispose_engines()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections see only a new, empty schema, dropped after the test."""
+@contextmanager
+def pg_schema_url() -> Iterator[str]:
+    """A URL whose connections see only a new, empty schema, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in PG_BASE_URL else "?"
-    yield f"{PG_BASE_URL}{sep}options=-csearch_path%3D{schema}"
-    db.dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield f"{PG_BASE_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        db.dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections see only a new, empty schema, dropped after the test."""
+    with pg_schema_url() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -9,13 +9,13 @@ fields), and no log line of this project prints them: error messages name the so
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from core.errors import ConfigError
+from core.secrets import read_secrets_file
 from core.settings import TradingSettings
 
 _KEYS = ("api_key", "api_secret")
@@ -46,23 +46,5 @@ def load_credentials(settings: TradingSettings) -> Credentials:
 
 
 def _read_secrets_file(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"trading.secrets_file {path} cannot be read: {exc.strerror}") from None
-    if text.lstrip().startswith("{"):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError:
-            # The message would quote the file's content: say where, never what.
-            raise ConfigError(f"trading.secrets_file {path} is not valid JSON") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"trading.secrets_file {path} must hold a JSON object")
-        return {str(k).lower(): str(v) for k, v in loaded.items()}
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not name.strip().startswith("#"):
-            key = name.strip().lower().removeprefix("mlsig_trading__")
-            out[key] = value.strip().strip("'\"")
-    return out
+    values = read_secrets_file(path, "trading.secrets_file")
+    return {name.lower().removeprefix("mlsig_trading__"): value for name, value in values.items()}

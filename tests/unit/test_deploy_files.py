@@ -626,3 +626,25 @@ def test_dockerignore_keeps_state_and_tests_out_but_the_build_inputs_in() -> Non
     needed += ["pipeline"]
     for name in needed:
         assert not ignored(name), f".dockerignore drops {name}, which the image needs"
+
+
+@pytest.mark.parametrize("name", ["data", "signal", "model"])
+def test_mcp_servers_serve_http_with_tokens_on_loopback_read_only_by_default(name: str) -> None:
+    svc = services()[f"mcp-{name}"]
+    command = argv(svc["command"])
+    assert command[:4] == ["mlsignals", "mcp", "serve", name]
+    assert "--http" in command
+    port = command[command.index("--port") + 1]
+    env = svc["environment"]
+    assert env["MLSIG_MCP__ALLOW_WRITE"] == "${MLSIG_MCP__ALLOW_WRITE:-false}"
+    assert env["MLSIG_MCP__TOKENS_FILE"] == "/run/secrets/mcp_tokens"
+    assert "MLSIG_MCP__TOKENS" not in env  # tokens never in the compose file
+    assert svc["secrets"] == ["mcp_tokens"]
+    assert "mcp_tokens" in compose()["secrets"]
+    [published] = svc["ports"]
+    assert published.startswith("127.0.0.1:")
+    assert published.endswith(f":{port}")
+    assert f"127.0.0.1:{port}/healthz" in " ".join(svc["healthcheck"]["test"])
+    models = [str(v) for v in svc["volumes"] if str(v).startswith("models:")]
+    # Only promote/rollback (ml-model) move the registry's aliases.
+    assert models == (["models:/data/models"] if name == "model" else ["models:/data/models:ro"])

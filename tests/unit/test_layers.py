@@ -3,7 +3,8 @@
 Every ``import`` and ``from ... import`` of the application packages counts: absolute and relative,
 at module level, inside functions and under ``TYPE_CHECKING``. The rules:
 
-* Layers: ``core < data < {ml, trading} < pipeline < worker < {tasks, monitoring} < cli``. A
+* Layers: ``core < data < {ml, trading} < {pipeline, quality} < worker < {tasks, monitoring} <
+  mcp_servers < cli``. A
   package imports only itself and packages strictly below it, so ``ml`` and ``trading`` never
   import each other, nor ``tasks`` and ``monitoring``. ``celeryconfig`` is for ``worker`` alone,
   and no package imports ``tests``, ``benchmarks``, ``migrations`` or ``scripts``.
@@ -37,6 +38,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"pipeline", "quality"}),
     frozenset({"worker"}),
     frozenset({"tasks", "monitoring"}),
+    frozenset({"mcp_servers"}),
     frozenset({"cli"}),
 )
 # First-party top-level names outside the layers, and the packages that may import each.

@@ -564,6 +564,7 @@ def test_no_secret_is_committed_in_compose() -> None:
     assert secrets == {
         "telegram_bot_token": "${TELEGRAM_BOT_TOKEN_FILE:-./secrets/telegram_bot_token}",
         "grafana_admin_password": "${GRAFANA_ADMIN_PASSWORD_FILE:-./secrets/grafana_admin_password}",
+        "mcp_tokens": "${MCP_TOKENS_FILE:-./secrets/mcp_tokens}",
     }
     for name in MONITORING:
         env = services()[name].get("environment") or {}
