@@ -106,6 +106,7 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.bench_drift
 	$(BIN)/python -m benchmarks.bench_shadow
 	$(BIN)/python -m benchmarks.bench_mcp
+	$(BIN)/python -m benchmarks.bench_resources
 
 # The chaos suite: single faults against the real distributed deployment on both brokers (private
 # Redis and RabbitMQ, their own databases), about 29 minutes; tables in var/chaos/summary-*.md and

@@ -50,7 +50,9 @@ from sqlalchemy import Engine
 from benchmarks.common import (
     add_redis_option,
     claim_redis,
+    load_history,
     percentiles_for,
+    replay_minute,
     sample_stats,
     scratch_postgres,
     summary,
@@ -58,11 +60,7 @@ from benchmarks.common import (
 from core.logging import configure_logging
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from data import db
-from data.ingest import Ingestor
 from data.sources.simulator import SimulatedMarket
-from data.store import CandleStore
-from data.validation import ValidationPolicy
-from ml.features import FEATURE_SPEC
 from ml.registry import Registry
 from pipeline.ledger import RunLedger
 from tasks.common import minute_dt
@@ -124,13 +122,7 @@ def replay(
             began = time.perf_counter()
             if before_minute is not None:
                 before_minute(minute_ms)
-            started = client.send_task(
-                "tasks.pipeline.run_minute", args=[iso_minute(minute_ms), True], queue=Queue.CONTROL.value
-            )
-            outcome = started.get(timeout=60)
-            if "result_id" not in outcome:
-                raise RuntimeError(f"minute {iso_minute(minute_ms)} was not dispatched: {outcome}")
-            client.AsyncResult(outcome["result_id"]).get(timeout=120)
+            replay_minute(client, minute_ms)
             if i >= 0:
                 walls.append(time.perf_counter() - began)
         runs = [ledger.get(minute_dt(iso_minute(first + i * MINUTE_MS))) for i in range(minutes)]
@@ -226,10 +218,7 @@ def run_size(
     first = end - minutes * MINUTE_MS
     with scratch_postgres() as url, claim_redis(redis_url):
         engine = db.get_engine(url)
-        history = (FEATURE_SPEC.window * 15 + minutes + 30) / 1440
-        loaded = Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
-            symbols, history, end_ms=end
-        )
+        loaded = load_history(engine, market, symbols, minutes, end)
         registry = untrained_registry(tmp / f"models-{n_symbols}-{uuid.uuid4().hex[:6]}", "benchmark")
         env = worker_env(url, redis_url, registry, n_symbols, chunk, metrics != "off")
         beside = ExporterBeside(env, *cadence) if metrics != "off" else None

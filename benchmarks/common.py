@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from sqlalchemy import create_engine, text
@@ -158,3 +159,32 @@ def summary(samples: Sequence[float], scale: float = 1000.0, unit: str = "ms") -
     decimals = 0 if unit == "ms" else 2
     parts = ", ".join(f"{name} {value * scale:.{decimals}f} {unit}" for name, value in stats.items())
     return f"n={n}: {parts}"
+
+
+def replay_minute(client: Any, minute_ms: int) -> None:
+    """Send ``tasks.pipeline.run_minute`` for a past minute (replay) to the control queue of the Celery
+    app ``client`` and wait for it and its chord: what a distributed benchmark times per minute."""
+    from core.timegrid import iso_minute
+    from worker.queues import Queue
+
+    started = client.send_task(
+        "tasks.pipeline.run_minute", args=[iso_minute(minute_ms), True], queue=Queue.CONTROL.value
+    )
+    outcome = started.get(timeout=60)
+    if "result_id" not in outcome:
+        raise RuntimeError(f"minute {iso_minute(minute_ms)} was not dispatched: {outcome}")
+    client.AsyncResult(outcome["result_id"]).get(timeout=120)
+
+
+def load_history(engine: Any, market: Any, symbols: Sequence[str], minutes: int, end_ms: int) -> Any:
+    """The feature window's history and ``minutes`` more (plus 30 of margin) of simulated candles
+    for ``symbols`` ending at ``end_ms``, backfilled into ``engine``'s store; the ingest report."""
+    from data.ingest import Ingestor
+    from data.store import CandleStore
+    from data.validation import ValidationPolicy
+    from ml.features import FEATURE_SPEC
+
+    history_days = (FEATURE_SPEC.window * 15 + minutes + 30) / 1440
+    return Ingestor(CandleStore(engine), market, ValidationPolicy()).backfill(
+        symbols, history_days, end_ms=end_ms
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.common import clean_errors, console, settings
+from core.errors import MLSignalsError
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -16,6 +17,12 @@ def upgrade(revision: str = typer.Option("head", help="Target revision.")) -> No
     from data import db
 
     url = settings().database_url
+    current = db.current_revision(url)
+    if current is not None and current not in db.known_revisions():
+        raise MLSignalsError(
+            f"the database schema is at {current}, a revision this release does not know (a newer "
+            f"release migrated it): nothing to upgrade; this release runs on it (expand/contract)"
+        )
     db.upgrade(url, revision)
     console.print(f"schema at {db.current_revision(url)} ({db.normalise_url(url).split('@')[-1]})")
 

@@ -54,8 +54,8 @@ def serve(
     signal.signal(signal.SIGINT, _stop)
     stop.wait()
     server.shutdown()
-    loop.stop()
-    exporter.close()
+    if loop.stop():
+        exporter.close()  # not under a refresh still running: it would be using the connections
 
 
 @app.command()

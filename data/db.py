@@ -105,18 +105,38 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def known_revisions() -> set[str]:
+    """Every revision this release's migrations hold."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
 def ready_engine(url: str) -> Engine:
-    """The engine of ``url`` on an up-to-date schema: SQLite upgrades itself, a server must have been
-    upgraded (``mlsignals db upgrade``): ``ConfigError`` otherwise."""
+    """The engine of ``url`` on a schema this release can use: SQLite upgrades itself; a server must
+    have been upgraded (``mlsignals db upgrade``), ``ConfigError`` otherwise. A schema *newer* than
+    this release (a revision its migrations do not know: the application was rolled back after a
+    migration) is accepted with a warning, as the expand/contract policy allows (docs/OPERATIONS.md)."""
     from core.errors import ConfigError
 
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        upgrade(url)
-    else:
-        head, current = head_revision(), current_revision(url)
-        if current != head:
+        current = current_revision(url) if Path(url.removeprefix("sqlite:///")).exists() else None
+        if current is None or current in known_revisions():
+            upgrade(url)
+            return get_engine(url)
+    head, current = head_revision(), current_revision(url)
+    if current != head:
+        if current is None or current in known_revisions():
             raise ConfigError(
                 f"database schema is at {current or 'nothing'}, not {head}: run `mlsignals db upgrade`"
             )
+        from core.logging import get_logger
+
+        get_logger(__name__).warning(
+            "database schema is newer than this release: using it (expand/contract)",
+            schema=current,
+            release_head=head,
+        )
     return get_engine(url)

@@ -193,10 +193,15 @@ class RefreshLoop:
         while not self._stop.wait(self.interval_s):
             self.exporter.refresh()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Stop refreshing; True once the thread has ended. A refresh still in flight after
+        ``timeout_s`` (a slow database, a paused process) is abandoned: the thread is a daemon, so a
+        process that exits never waits on it (a supervisor's SIGTERM must end the process promptly)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 5)
+            self._thread.join(timeout=timeout_s)
+            return not self._thread.is_alive()
+        return True
 
 
 def serve(exporter: Exporter, host: str, port: int, interval_s: float) -> tuple[Any, RefreshLoop]:

@@ -15,3 +15,6 @@ app.config_from_object("celeryconfig")
 app.set_default()
 # Lifecycle hooks (model load at worker start) register themselves on import.
 import worker.lifecycle  # noqa: E402,F401
+
+# The liveness probe's heartbeat file, touched while the consumer runs (worker/liveness.py).
+app.steps["consumer"].add("worker.liveness:HeartbeatFile")

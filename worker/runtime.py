@@ -66,7 +66,6 @@ class ShadowModelServer(Protocol):
 log = get_logger(__name__)
 
 
-
 @dataclass
 class Runtime:
     settings: Settings

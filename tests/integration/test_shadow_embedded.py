@@ -22,9 +22,9 @@ from ml.registry import Registry
 from pipeline.clock import minute_dt
 from pipeline.messages import HeartbeatMessage, SignalMessage, parse_message
 from tasks.pipeline import start_minute
-from tasks.signals import CeleryOrderQueue
 from tests.support.models import biased_model, identity_scaler, register_challenger
-from tests.support.workers import backfill_live_history
+from tests.support.trading import order_queue_spy
+from tests.support.workers import backfill_live_history, embedded_settings
 from trading.intents import OrderIntentMessage
 from worker.app import app
 from worker.embedded import embedded_runtime
@@ -37,13 +37,7 @@ N_SYMBOLS = 4
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(
-        data_dir=tmp_path,
-        data={"universe_size": N_SYMBOLS},
-        model={"registry_dir": tmp_path / "models", "device": "cpu"},
-        pipeline={"symbols_per_task": 2, "candle_wait_seconds": 0},
-        trading={"cooldown_minutes": 0},
-    )
+    s: Settings = embedded_settings(tmp_path, N_SYMBOLS)
     # History for minutes up to 90 minutes back (the outcomes test replays one an hour and a half ago).
     backfill_live_history(s.database_url, N_SYMBOLS, end_lag_minutes=6, extra_minutes=120)
     return s
@@ -62,15 +56,7 @@ def versions(settings: Settings) -> tuple[str, str]:
 @pytest.fixture
 def intents_sent(monkeypatch: pytest.MonkeyPatch) -> list[OrderIntentMessage]:
     """A spy on the ``orders`` queue port: every intent the publish step sends."""
-    sent: list[OrderIntentMessage] = []
-    original = CeleryOrderQueue.send_intent
-
-    def spy(self: CeleryOrderQueue, intent: OrderIntentMessage) -> str:
-        sent.append(intent)
-        return original(self, intent)
-
-    monkeypatch.setattr(CeleryOrderQueue, "send_intent", spy)
-    return sent
+    return order_queue_spy(monkeypatch)
 
 
 def replay(rt: Runtime, minute: str) -> dict[str, object]:

@@ -29,7 +29,7 @@ import pytest
 from core.settings import Settings
 from core.timegrid import MINUTE_MS, floor_minute, iso_minute, now_ms
 from tests.conftest import pg_schema_url
-from tests.support.workers import backfill_live_history
+from tests.support.workers import backfill_live_history, embedded_settings
 
 N_SYMBOLS = 4
 # Tokens of the HTTP tests (at least 16 characters: the server refuses shorter ones).
@@ -108,14 +108,7 @@ def replay_one_minute(settings: Settings) -> tuple[str, str, str]:
 def mcp_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpDeployment]:
     root = tmp_path_factory.mktemp("mcp")
     with pg_schema_url() as url:
-        settings = Settings(
-            data_dir=root,
-            database_url=url,
-            data={"universe_size": N_SYMBOLS},
-            model={"registry_dir": root / "models", "device": "cpu"},
-            pipeline={"symbols_per_task": 2, "candle_wait_seconds": 0},
-            trading={"cooldown_minutes": 0},
-        )
+        settings: Settings = embedded_settings(root, N_SYMBOLS, database_url=url)
         minute, champion, challenger = replay_one_minute(settings)
         from data.sources.simulator import SimulatedMarket
 

@@ -148,3 +148,19 @@ def account(trader: Trader) -> TradingAccount:
     found = rows(trader, TradingAccount, name=trader.account)
     assert len(found) == 1
     return found[0]
+
+
+def order_queue_spy(monkeypatch: Any) -> list[Any]:
+    """Every order intent the publish step sends through the ``orders`` queue port, in order (the
+    intents are still sent)."""
+    from tasks.signals import CeleryOrderQueue
+
+    sent: list[Any] = []
+    original = CeleryOrderQueue.send_intent
+
+    def spy(self: CeleryOrderQueue, intent: Any) -> str:
+        sent.append(intent)
+        return original(self, intent)
+
+    monkeypatch.setattr(CeleryOrderQueue, "send_intent", spy)
+    return sent

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -153,6 +154,24 @@ def deployment_env(
             "OPENBLAS_NUM_THREADS": "1",
         }
         | settings
+    )
+
+
+def embedded_settings(root: Path, n_symbols: int, *, per_task: int = 2, **overrides: Any) -> Any:
+    """Settings of an embedded test deployment under ``root``: ``n_symbols`` simulated symbols,
+    ``per_task`` per feature task, no wait for candles, no trading cooldown (``overrides`` replace
+    top-level settings, e.g. ``database_url``)."""
+    from core.settings import Settings
+
+    return Settings(
+        **{
+            "data_dir": root,
+            "data": {"universe_size": n_symbols},
+            "model": {"registry_dir": root / "models", "device": "cpu"},
+            "pipeline": {"symbols_per_task": per_task, "candle_wait_seconds": 0},
+            "trading": {"cooldown_minutes": 0},
+            **overrides,
+        }
     )
 
 

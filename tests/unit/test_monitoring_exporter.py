@@ -7,11 +7,12 @@ watermarks, the worker heartbeat), and read back through the exporter's Promethe
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ from core.settings import Settings
 from data import db
 from data.models import DataQuarantine, SignalRecord
 from data.stream.watermark import RedisWatermarks
-from monitoring.exporter import Exporter
+from monitoring.exporter import Exporter, RefreshLoop
 from monitoring.reasons import halt_code, rejection_code, symbol_failure_reason
 from pipeline.ledger import DONE, FAILED, PARTIAL, RUNNING, SKIPPED_LATE, RunLedger
 from tests.conftest import REDIS_URL
@@ -449,3 +450,25 @@ def test_a_failing_part_reports_down_and_keeps_its_last_values(sqlite_url: str, 
     refreshed = sample(exporter, "mlsignals_exporter_last_refresh_timestamp_seconds")
     assert refreshed is not None
     assert refreshed > 0
+
+
+def test_stopping_never_waits_for_a_refresh_in_flight() -> None:
+    """A supervisor's SIGTERM must end the exporter promptly, even mid-refresh on a slow database."""
+    inside, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    class SlowExporter:
+        def refresh(self) -> None:
+            calls.append(1)
+            if len(calls) > 1:  # the first refresh (at start) is quick; the loop's next one hangs
+                inside.set()
+                release.wait(30)
+
+    loop = RefreshLoop(cast(Exporter, SlowExporter()), 0.01)
+    loop.start()
+    assert inside.wait(10)
+    began = time.monotonic()
+    assert loop.stop(timeout_s=0.2) is False  # abandoned, not waited for
+    assert time.monotonic() - began < 1.0
+    release.set()
+    assert loop.stop(timeout_s=10) is True
