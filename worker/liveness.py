@@ -21,7 +21,9 @@ connection: a restart cannot reach the broker any sooner. A clean shutdown delet
 the step deletes a leftover one when the worker starts (``/tmp`` is an emptyDir, which outlives a
 container restart), so the probe never reads the state of a previous process.
 
-Settings: ``MLSIGNALS_LIVENESS_FILE`` (default ``/tmp/mlsignals-worker-alive``; empty: no step) and
+Settings: ``MLSIGNALS_LIVENESS_FILE`` (unset or empty: no step; the Kubernetes manifests set
+``/tmp/mlsignals-worker-alive``, one file per container: a host that runs several workers, under
+systemd or in the tests, would otherwise have them all write one file) and
 ``MLSIGNALS_LIVENESS_INTERVAL`` (seconds, default 10). Deliberately not ``MLSIG_*``: the probe reads
 them without loading the project's settings, and they are no part of them.
 """
@@ -55,8 +57,8 @@ log = logging.getLogger(__name__)
 
 
 def liveness_file(environ: dict[str, str] | None = None) -> Path | None:
-    """The heartbeat file's path from the environment; ``None`` when set to the empty string."""
-    value = (os.environ if environ is None else environ).get(FILE_ENV, DEFAULT_FILE)
+    """The heartbeat file's path from the environment; ``None`` when unset or empty (no heartbeat)."""
+    value = (os.environ if environ is None else environ).get(FILE_ENV, "")
     return Path(value) if value.strip() else None
 
 
