@@ -199,6 +199,21 @@ def main() -> None:
     )
     verdict = "PASS" if added <= TARGET_ADDED else "FAIL"
     print(f"target: at most +{100 * TARGET_ADDED:.0f} % at 500 symbols: {verdict}")
+    print(
+        f"process peak RSS (VmHWM): {peak_rss_mib():.0f} MiB (both models loaded on {args.device}, the "
+        "windows in process: an upper bound of an inference worker's host memory)"
+    )
+
+
+def peak_rss_mib() -> float:
+    """The process's resident-memory high-water mark (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 if __name__ == "__main__":
