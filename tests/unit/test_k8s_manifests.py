@@ -4,10 +4,11 @@
   from the base's YAML with PyYAML (never skipped), and the same in both rendered overlays; every
   other service of docker-compose.yml that runs the project's code has a Kubernetes twin with the
   same command.
-* ``kubectl kustomize`` renders both overlays (skipped, saying so, only when neither ``kubectl`` nor
-  ``kustomize`` is on the PATH); the render passes ``kubernetes-validate --strict`` for the core kinds
-  (the schemas it ships for Kubernetes ``K8S_VERSION``, offline), and the KEDA ScaledObjects pass the
-  schema subset committed in deploy/k8s/schemas (written after KEDA's CRD: its header says which).
+* ``kubectl kustomize`` renders both overlays (a test fails, saying why, when neither ``kubectl``
+  nor ``kustomize`` is on the PATH: never a silent skip); the render passes ``kubernetes-validate
+  --strict`` for the core kinds (the schemas it ships for Kubernetes ``K8S_VERSION``, offline), and
+  the KEDA ScaledObjects pass the schema subset committed in deploy/k8s/schemas (written after
+  KEDA's CRD: its header says which).
 * What the manifests promise (docs/KUBERNETES.md): security contexts, PDBs, network policies, probes
   (the workers' from the heartbeat file of worker/liveness.py), beat and stream single and Recreate,
   the GPU worker, the migration Job and the schema gate every database user waits behind (its script
@@ -16,7 +17,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from core.settings import Settings, reset_settings_cache
+from tests.support.scripts import load_script
 from worker.queues import WORKER_OPTIONS, Queue, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +87,11 @@ def kustomize_command() -> list[str] | None:
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
     command = kustomize_command()
     if command is None:
-        pytest.skip("neither kubectl nor kustomize is on the PATH: the overlays cannot be rendered here")
+        # A failure, not a skip: `make test` must never pass without having rendered the overlays.
+        pytest.fail(
+            "neither kubectl nor kustomize is on the PATH: the manifest tests render the overlays with "
+            "`kubectl kustomize`; install kubectl (it ships kustomize)"
+        )
     result = subprocess.run(
         [*command, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120
     )
@@ -231,7 +236,7 @@ def test_overlays_render_into_one_namespace(overlay: str) -> None:
 
 
 def test_core_kinds_pass_kubernetes_validate_strict(overlay: str) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the dev dependency is missing")
+    import kubernetes_validate  # a dev dependency: its absence is a failure, not a skip
     checked = 0
     errors: list[str] = []
     for doc in rendered(overlay):
@@ -635,12 +640,7 @@ def test_resource_figures_are_in_the_manifests_comments() -> None:
 
 
 def gate_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wait_for_schema", GATE_SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("wait_for_schema", GATE_SCRIPT)
 
 
 def test_the_migration_job_upgrades_the_schema(overlay: str) -> None:
