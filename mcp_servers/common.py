@@ -23,6 +23,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -148,18 +149,35 @@ class Toolbox:
         self.registered.append(name)
 
 
+@dataclass
+class _Call:
+    """One tool call's ending, shared by the sync and the async wrapper: audited (write tools), and
+    any failure turned into the tool error the caller sees."""
+
+    name: str
+    audit: AuditLog | None
+    kwargs: Mapping[str, Any]
+    began: float = field(default_factory=time.perf_counter)
+
+    def failed(self, exc: BaseException) -> ToolError:
+        error = as_tool_error(exc, self.name)
+        _audit(self.audit, self.name, self.kwargs, self.began, ok=False, result=None, error=str(error))
+        return error
+
+    def done(self, result: Any) -> Any:
+        _audit(self.audit, self.name, self.kwargs, self.began, ok=True, result=result, error=None)
+        return result
+
+
 def _guard(fn: Callable[..., Any], name: str, audit: AuditLog | None) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        ending = _Call(name, audit, kwargs)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a stdio server must not go mute
-            error = as_tool_error(exc, name)
-            _audit(audit, name, kwargs, began, ok=False, result=None, error=str(error))
-            raise error from None
-        _audit(audit, name, kwargs, began, ok=True, result=result, error=None)
-        return result
+            raise ending.failed(exc) from None
+        return ending.done(result)
 
     return call
 
@@ -167,15 +185,12 @@ def _guard(fn: Callable[..., Any], name: str, audit: AuditLog | None) -> Callabl
 def _async_guard(fn: Callable[..., Any], name: str, audit: AuditLog | None) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        ending = _Call(name, audit, kwargs)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a clear tool error
-            error = as_tool_error(exc, name)
-            _audit(audit, name, kwargs, began, ok=False, result=None, error=str(error))
-            raise error from None
-        _audit(audit, name, kwargs, began, ok=True, result=result, error=None)
-        return result
+            raise ending.failed(exc) from None
+        return ending.done(result)
 
     return call
 

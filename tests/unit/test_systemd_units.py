@@ -9,7 +9,6 @@ accepts them (on a temporary copy whose venv and working directory point at this
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import shutil
@@ -21,6 +20,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.support.scripts import load_script
 from worker.queues import Queue, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +39,7 @@ Unit = dict[str, list[tuple[str, str]]]
 
 @cache
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_systemd_units", GENERATOR)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gen_systemd_units", GENERATOR)
 
 
 def parse_unit(text: str) -> Unit:
