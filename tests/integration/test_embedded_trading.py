@@ -25,6 +25,7 @@ from ml.outputs import ModelOutputs
 from tasks.pipeline import start_minute
 from tests.support.models import FixedModelServer
 from tests.support.workers import backfill_live_history
+from trading.states import ENTRY
 from worker.app import app
 from worker.embedded import embedded_runtime
 
@@ -87,12 +88,17 @@ def test_signals_become_paper_orders_then_positions(
 
         run(iso_minute(first + MINUTE_MS))
         with engine.connect() as conn:
-            filled = conn.execute(
+            placed = conn.execute(
                 select(TradingOrder).where(TradingOrder.signal_minute == orders[0].signal_minute)
             ).all()
             positions = conn.execute(select(TradingPosition)).all()
-        assert {o.status for o in filled} == {"filled"}
+        # A bar that crosses a stop or target closes the position in the same step, with an exit
+        # order of its own: entries match positions one to one, exits match the closed ones.
+        filled = [o for o in placed if o.purpose == ENTRY]
+        exits = [o for o in placed if o.purpose != ENTRY]
+        assert {o.status for o in placed} == {"filled"}
         assert len(positions) == len(filled)
+        assert len(exits) == sum(1 for p in positions if p.status == "closed")
         # Filled at the open of the candle that opened at the signal's minute.
         assert {dt_to_ms(as_utc(p.opened_at)) for p in positions} == {first}
         still_open = sum(1 for p in positions if p.status == "open")
