@@ -1,4 +1,5 @@
-"""``mlsignals trading …``: account status, order history and the kill switch (docs/TRADING.md)."""
+"""``mlsignals trading …``: account status, order history, the kill switch and flattening
+(docs/TRADING.md)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import clean_errors, console, ready_store, settings
+from cli.common import EXIT_PARTIAL, clean_errors, console, err_console, ready_store, settings, split_symbols
 from core.timegrid import as_utc
 
 if TYPE_CHECKING:
     from datetime import datetime
+
+    from trading.execution import FlattenReport
 
 app = typer.Typer(help="Orders, positions, PnL and the kill switch.", no_args_is_help=True)
 
@@ -189,3 +192,89 @@ def resume() -> None:
         console.print("trading resumed", highlight=False)
     else:
         console.print("trading was not halted", highlight=False)
+
+
+@app.command()
+@clean_errors
+def flatten(
+    symbol: list[str] | None = typer.Option(
+        None, "--symbol", "-s", help="Only these symbols (repeat, or separate with commas); default: all."
+    ),
+    reason: str = typer.Option("flattened by the operator", "--reason", help="Recorded with the halt."),
+    keep_trading: bool = typer.Option(
+        False,
+        "--keep-trading",
+        help="Leave the kill switch as it is: new entries may open at the next minute.",
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Close open positions at market now and cancel the entries not sent yet; the kill switch goes
+    on first (unless --keep-trading). Paper: at the last close; live: reduce-only market orders. Safe
+    to run again: it never closes a position twice."""
+    from data.sources.factory import source_name
+    from trading.factory import build_trader
+    from trading.report import account_status
+
+    s = settings()
+    store = ready_store(s)
+    mode = s.trading.mode
+    wanted = split_symbols(symbol)
+    held = [p for p in account_status(store.engine, mode).positions if wanted is None or p.symbol in wanted]
+    if not yes:
+        what = (
+            f"close {len(held)} open position{'s' if len(held) != 1 else ''} of the {mode} account at market"
+        )
+        halt_too = "" if keep_trading else " and halt trading"
+        typer.confirm(f"{what}{halt_too}?", abort=True)
+    trader = build_trader(s, store, source_name(s))
+    try:
+        report = trader.flatten(wanted, halt_reason=None if keep_trading else f"flatten: {reason}")
+    finally:
+        if trader.broker is not None:
+            trader.broker.close()
+    _print_flatten(report, s.trading.currency)
+    if wanted is not None:
+        missing = sorted(set(wanted) - {p.symbol for p in report.positions})
+        if missing:
+            console.print(f"no open position in {', '.join(missing)}", highlight=False)
+    if not keep_trading:
+        console.print("trading is halted: `mlsignals trading resume` lifts it", highlight=False)
+    if not report.complete:
+        left = sum(1 for p in report.positions if p.status != "closed")
+        err_console.print(
+            f"[bold red]{left} position{'s are' if left != 1 else ' is'} not closed:[/] run the command "
+            "again (every exit is looked up on the exchange before anything is sent again)",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _print_flatten(report: FlattenReport, currency: str) -> None:
+    table = Table(
+        title=f"flattened {report.account} account ({len(report.positions)} positions, "
+        f"{report.cancelled_orders} orders cancelled)",
+        title_justify="left",
+    )
+    for name in (
+        "symbol",
+        "side",
+        "qty",
+        "status",
+        "exit price",
+        "realised PnL (net)",
+        "marked at",
+        "problem",
+    ):
+        table.add_column(name, no_wrap=name != "problem")
+    for p in report.positions:
+        table.add_row(
+            p.symbol,
+            p.side,
+            _n(p.qty),
+            p.status if p.status == "closed" else f"[bold red]{p.status}[/]",
+            _n(p.exit_price),
+            f"{_money(p.realised_pnl)} {currency}",
+            _t(p.marked_at),
+            escape(p.problem or ""),
+        )
+    console.print(table)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,11 +54,11 @@ from trading.accounts import (
     utcnow,
 )
 from trading.book import Book
-from trading.execution import ExecutionBroker, TickReport, make_execution
+from trading.execution import ExecutionBroker, FlattenReport, TickReport, make_execution
 from trading.execution.live import CLOSED_ON_EXCHANGE
 from trading.intake import record_intent, record_intents
 from trading.intents import OrderIntentMessage, exit_client_id
-from trading.ledger import INTENTS, Account
+from trading.ledger import ACCOUNTS, INTENTS, Account
 from trading.live import LiveBroker
 from trading.paper import LONG, OPPOSITE_SIGNAL, SHORT, entry_side, exit_side
 from trading.risk import Rejection, RiskLimits, check_entry, check_exposure, check_signal, reason
@@ -71,6 +71,7 @@ __all__ = [
     "MAX_BATCH",
     "PAPER",
     "ExecutionResult",
+    "FlattenReport",
     "TickReport",
     "Trader",
     "ensure_account",
@@ -196,6 +197,29 @@ class Trader:
     def submit(self, order_id: int) -> str:
         """Live: send one decided order at most once; paper: ``ConfigError``."""
         return self.execution.submit(order_id)
+
+    def flatten(self, symbols: Collection[str] | None = None, *, halt_reason: str | None) -> FlattenReport:
+        """Close the open positions (of ``symbols``; all when ``None``) at market now.
+
+        With a ``halt_reason`` the kill switch goes on, unless it is on already (its reason, the
+        quality breaker's say, is kept): no entry is decided after the flatten. When is the broker's
+        call: paper after its step up to now (an entry whose candle closed before the flatten fills
+        as it would have), live before anything is asked of the exchange. Paper: closed at the marks;
+        live: reduce-only market orders (``LiveExecution.flatten``).
+        """
+        self.ensure_account()
+
+        def halt() -> None:
+            if halt_reason is not None and not self.halted():
+                set_halted(self.engine, self.settings, True, halt_reason)
+
+        return self.execution.flatten(None if symbols is None else frozenset(symbols), halt)
+
+    def halted(self) -> bool:
+        with self.engine.connect() as conn:
+            return bool(
+                conn.execute(select(ACCOUNTS.c.halted).where(ACCOUNTS.c.name == self.account)).scalar_one()
+            )
 
     def ensure_account(self) -> None:
         self.lock.ensure()

@@ -13,6 +13,8 @@
 * A stop is a market order once triggered: it fills at the stop price, or at the candle's open when
   the candle opened beyond it (a gap), then slippage. A take-profit is a resting limit order: it
   fills at its price, or at a better open, without slippage.
+* A flatten (``mlsignals trading flatten``) closes at once at the position's mark, the close of
+  the newest closed candle, as a market order: with slippage.
 * Fees (``fee_bps``) are charged on the notional of every fill.
 """
 
@@ -23,6 +25,10 @@ from dataclasses import dataclass
 LONG, SHORT = "long", "short"
 BUY, SELL = "buy", "sell"
 STOP_LOSS, TAKE_PROFIT, OPPOSITE_SIGNAL = "stop_loss", "take_profit", "opposite_signal"
+FLATTEN = "flatten"  # the operator's ``mlsignals trading flatten``
+# Why a position closed (``trading_positions.exit_reason``, ``trading_fills.kind``); the live account
+# also has ``closed_on_exchange`` (trading.execution.live).
+EXIT_REASONS = (STOP_LOSS, TAKE_PROFIT, OPPOSITE_SIGNAL, FLATTEN)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ def make_source(settings: Settings, redis_client: Any | None = None) -> CandleSo
     return SimulatedMarket.from_settings(settings.simulator)
 
 
+def source_name(settings: Settings) -> str:
+    """The configured source's ``name`` (the exchange label candles are stored under), without
+    building the source."""
+    if settings.data.source == "exchange":
+        return settings.exchange.id
+    from data.sources.simulator import SimulatedMarket
+
+    return SimulatedMarket.name
+
+
 def resolve_symbols(settings: Settings, source: CandleSource, override: list[str] | None = None) -> list[str]:
     """Explicit symbols win; otherwise the first ``data.universe_size`` symbols the source lists."""
     if override:

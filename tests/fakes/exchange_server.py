@@ -28,7 +28,9 @@ header is recorded with each request) act on one simulated unified account (``By
 ``POST /v5/order/create``
     Market orders fill at once at the symbol's newest candle close (fee ``taker_fee_bps``); limit
     orders rest as ``New``. ``orderLinkId`` is unique per account as on Bybit: a second create with
-    the same id answers retCode 110072 "OrderLinkedID is duplicate" (ccxt: ``InvalidOrder``).
+    the same id answers retCode 110072 "OrderLinkedID is duplicate" (ccxt: ``InvalidOrder``). A
+    ``reduceOnly`` order is cut to the position's size, and refused with retCode 110017 when there is
+    no position on the other side to reduce.
 ``POST /v5/order/cancel``, ``GET /v5/order/realtime`` (open orders), ``GET /v5/order/history``
     (filled, cancelled and rejected orders), each filtered by ``orderId`` / ``orderLinkId`` / ``symbol``.
 ``GET /v5/position/list``, ``GET /v5/account/wallet-balance``
@@ -43,16 +45,19 @@ first (the order *is* recorded) and then answer 500 or too late: an unknown outc
 ``time.monotonic()``).
 
 Load: ``latency_s`` delays every kline answer in its own handler thread, so concurrent requests
-overlap as on a real server. ``rate_limit=(n, per_seconds)`` is the server's budget, a sliding
-window over the requests it served (every path): a request beyond ``n`` in any ``per_seconds``
-answers HTTP 429 with Bybit's retCode 10006 (``server.throttled()`` lists them). ``max_in_window``
-and ``per_second`` count arrivals; ``peak_in_flight`` is the most requests handled at once.
+overlap as on a real server; ``private_latency_s=(low, high)`` delays every private (account and
+order) answer by a uniform draw from that range (seeded: the same draws every run).
+``rate_limit=(n, per_seconds)`` is the server's budget, a sliding window over the requests it served
+(every path): a request beyond ``n`` in any ``per_seconds`` answers HTTP 429 with Bybit's retCode
+10006 (``server.throttled()`` lists them). ``max_in_window`` and ``per_second`` count arrivals;
+``peak_in_flight`` is the most requests handled at once.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import threading
 import time
 import traceback
@@ -79,6 +84,7 @@ WALLET_BALANCE_PATH = "/v5/account/wallet-balance"
 QUERY_API_PATH = "/v5/user/query-api"
 ACCOUNT_INFO_PATH = "/v5/account/info"
 COIN_INFO_PATH = "/v5/asset/coin/query-info"
+PUBLIC_PATHS = frozenset({KLINE_PATH, INSTRUMENTS_PATH, TIME_PATH})
 OPEN_STATUSES = frozenset({"New", "PartiallyFilled", "Untriggered"})
 DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 QUOTE = "USDT"
@@ -359,10 +365,13 @@ class FakeExchangeServer:
         include_forming: bool = True,
         clock: Callable[[], int] = now_ms,
         latency_s: float = 0.0,
+        private_latency_s: tuple[float, float] | None = None,
         rate_limit: tuple[int, float] | None = None,
     ) -> None:
         self.symbols = tuple(symbols)
         self.latency_s = latency_s
+        self.private_latency_s = private_latency_s
+        self._latency_draws = random.Random(17)
         self.rate_limit = rate_limit
         self.closed_symbols = tuple(closed_symbols)
         self.kline_unsupported = frozenset(kline_unsupported)
@@ -588,21 +597,38 @@ class FakeExchangeServer:
         if qty <= 0:
             return Reply(200, _envelope({}, ret_code=10001, ret_msg="params error: qty invalid"))
         price = self.last_price(symbol)
+        side = str(body.get("side", "Buy"))
+        reduce_only = bool(body.get("reduceOnly", False))
         with self._lock:
             acct = self._state.account
             if link and link in acct.by_link:
                 return Reply(200, _envelope({}, ret_code=110072, ret_msg="OrderLinkedID is duplicate"))
+            if reduce_only:
+                # As Bybit: a reduce-only order never opens or grows a position; it is cut to the size held.
+                held = acct.positions.get(symbol)
+                reduces = held is not None and (held.size > 0) == (side == "Sell")
+                if not reduces:
+                    return Reply(
+                        200,
+                        _envelope(
+                            {},
+                            ret_code=110017,
+                            ret_msg="current position is zero, cannot fix reduce-only order qty",
+                        ),
+                    )
+                assert held is not None
+                qty = min(qty, abs(held.size))
             order = FakeOrder(
                 order_id=f"{acct.next_id:019d}",
                 link_id=link,
                 symbol=symbol,
-                side=str(body.get("side", "Buy")),
+                side=side,
                 order_type=order_type,
                 qty=qty,
                 price=float(body.get("price") or 0.0),
                 status="New",
                 created_ms=self.clock(),
-                reduce_only=bool(body.get("reduceOnly", False)),
+                reduce_only=reduce_only,
                 stop_loss=str(body.get("stopLoss", "") or ""),
                 take_profit=str(body.get("takeProfit", "") or ""),
             )
@@ -780,6 +806,10 @@ class FakeExchangeServer:
             fault = queue.popleft() if queue else None
         if self.latency_s and request.path == KLINE_PATH:
             self._stopping.wait(self.latency_s)
+        if self.private_latency_s is not None and request.path not in PUBLIC_PATHS:
+            with self._lock:
+                delay = self._latency_draws.uniform(*self.private_latency_s)
+            self._stopping.wait(delay)
         if fault is not None and not fault.after_handler:
             if fault.delay_s:
                 self._stopping.wait(fault.delay_s)

@@ -7,6 +7,8 @@
   by the same model server: no worker restart, only the hot reload at the minute's start.
 * **Kill switch**: the runbook's ``mlsignals trading halt`` / ``status`` / ``resume`` lines, on SQLite
   and PostgreSQL: halted, a new intent is rejected ``kill_switch``; resumed, the next one is accepted.
+* **Flatten**: the runbook's ``mlsignals trading flatten`` line, confirmed as an operator would, on
+  open paper positions: all closed (``flatten`` fills), trading halted with the runbook's reason.
 
 The commands are read from the runbook's code blocks, so a change there is tested here.
 """
@@ -33,8 +35,17 @@ from ml.registry import Registry
 from pipeline.clock import minute_dt
 from tasks.pipeline import start_minute
 from tests.support.models import biased_model, identity_scaler, register_challenger
-from tests.support.trading import intent, intent_row, make_trader, order_queue_spy
+from tests.support.trading import (
+    intent,
+    intent_row,
+    make_trader,
+    ms,
+    order_queue_spy,
+    positions,
+    write_candles,
+)
 from tests.support.workers import backfill_live_history, embedded_settings
+from trading.executor import Trader
 from trading.intents import OrderIntentMessage
 from trading.risk import code_of
 from worker.app import app
@@ -198,19 +209,22 @@ runner = CliRunner(env={"COLUMNS": "200"})
 KILL_SWITCH = "Trading: kill switch and flattening"
 
 
-def invoke(argv: list[str]) -> str:
+def invoke(argv: list[str], answer: str | None = None) -> str:
     assert argv[0] == "mlsignals"
-    result = runner.invoke(cli_app, argv[1:])
+    result = runner.invoke(cli_app, argv[1:], input=answer)
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_the_runbooks_kill_switch_halts_and_resumes_trading(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def trader(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Trader:
+    """A paper trader on ``db_url``, where the runbook's commands look (SQLite and PostgreSQL)."""
     monkeypatch.setenv("MLSIG_DATABASE_URL", db_url)
     monkeypatch.setenv("MLSIG_LOG_LEVEL", "WARNING")
-    trader = make_trader(db_url)
+    return make_trader(db_url)
+
+
+def test_the_runbooks_kill_switch_halts_and_resumes_trading(trader: Trader) -> None:
     halt = runbook_command(KILL_SWITCH, "mlsignals trading halt")
     status = runbook_command(KILL_SWITCH, "mlsignals trading status")
     history = runbook_command(KILL_SWITCH, "mlsignals trading history")
@@ -232,3 +246,26 @@ def test_the_runbooks_kill_switch_halts_and_resumes_trading(
     assert accepted.status != "rejected", accepted.reason
     assert accepted.reason is None
     assert intent_row(trader, accepted.client_order_id).status == accepted.status
+
+
+def test_the_runbooks_flatten_closes_every_position_and_halts(trader: Trader) -> None:
+    for symbol, direction, stop, target in (
+        ("BTC/USDT:USDT", "LONG", 98, 104),
+        ("ETH/USDT:USDT", "SHORT", 102, 96),
+    ):
+        trader.execute(intent(symbol, 0, direction, entry=100, stop=stop, target=target))
+        write_candles(trader, symbol, [(0, 100.0, 100.5, 99.5, 100.2)])
+    trader.tick(ms(1))
+    assert [p.status for p in positions(trader)] == ["open", "open"]
+    flatten = runbook_command(KILL_SWITCH, "mlsignals trading flatten")
+    status = runbook_command(KILL_SWITCH, "mlsignals trading status")
+    reason = flatten[flatten.index("--reason") + 1]
+
+    out = invoke(flatten, answer="y\n")
+    assert "close 2 open positions of the paper account at market and halt trading?" in out
+    assert "flattened paper account (2 positions" in out
+    assert [(p.status, p.exit_reason) for p in positions(trader)] == [("closed", "flatten")] * 2
+    shown = invoke(status)
+    assert "open positions (0)" in shown
+    assert "HALTED" in shown
+    assert f"flatten: {reason}" in shown

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.support.trading import intent, make_trader, ms, write_candles
+from tests.support.trading import intent, make_trader, ms, positions, write_candles
 from trading.executor import Trader
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -88,3 +88,36 @@ def test_an_unmigrated_server_database_is_a_clear_error(pg_url: str, monkeypatch
     assert result.exit_code == 2
     assert "mlsignals db upgrade" in result.output
     assert "Traceback" not in result.output
+
+
+def test_flatten_asks_first_then_closes_everything_and_halts(trader: Trader) -> None:
+    declined = runner.invoke(app, ["trading", "flatten"], input="n\n")
+    assert declined.exit_code == 1
+    assert "close 1 open position of the paper account at market and halt trading?" in declined.output
+    assert "open positions (1)" in runner.invoke(app, ["trading", "status"]).output
+
+    done = runner.invoke(app, ["trading", "flatten", "--reason", "end of the trial"], input="y\n")
+    assert done.exit_code == 0, done.output
+    assert "flattened paper account (1 positions, 0 orders cancelled)" in done.output  # SOL lapsed
+    assert BTC in done.output
+    assert "trading is halted" in done.output
+    status = runner.invoke(app, ["trading", "status"]).output
+    assert "open positions (0)" in status
+    assert "open orders (0)" in status
+    assert "HALTED" in status
+    assert "flatten: end of the trial" in status
+    [pos] = positions(trader)
+    assert (pos.status, pos.exit_reason) == ("closed", "flatten")
+    assert f"{pos.realised_pnl:,.2f} USDT" in done.output
+    again = runner.invoke(app, ["trading", "flatten", "--yes"])
+    assert again.exit_code == 0, again.output
+    assert "(0 positions, 0 orders cancelled)" in again.output
+
+
+@pytest.mark.usefixtures("trader")
+def test_flatten_of_a_symbol_without_a_position_says_so() -> None:
+    result = runner.invoke(app, ["trading", "flatten", "-y", "--keep-trading", "--symbol", "DOGE/USDT:USDT"])
+    assert result.exit_code == 0, result.output
+    assert "no open position in DOGE/USDT:USDT" in result.output
+    assert "halted" not in result.output
+    assert "open positions (1)" in runner.invoke(app, ["trading", "status"]).output

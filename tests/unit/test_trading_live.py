@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import pytest
 from core.errors import BrokerUnavailableError, ConfigError
 from core.logging import configure_logging
 from core.settings import Settings, TradingSettings
-from data.sources.exchange import build_exchange
 from tests.fakes.exchange_server import (
     ORDER_CREATE_PATH,
     ORDER_REALTIME_PATH,
@@ -25,8 +23,17 @@ from tests.fakes.exchange_server import (
     Fault,
     running_exchange_server,
 )
+from tests.support.live_trading import (
+    API_KEY,
+    API_SECRET,
+    UNREACHABLE,
+    at_market,
+    by_hand,
+    creates,
+    live_settings,
+    live_trader,
+)
 from tests.support.trading import (
-    TRADING,
     Clock,
     account,
     intent,
@@ -38,17 +45,11 @@ from tests.support.trading import (
 )
 from trading.credentials import load_credentials
 from trading.executor import Trader
-from trading.intents import OrderIntentMessage
 from trading.live import LiveBroker
 from trading.risk import code_of
 from trading.sizing import round_down
 
 BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
-# Reads are retried inside a call (data.exchange.retry); a look-up that fails this often is an outage.
-READ_RETRIES = 2
-UNREACHABLE = READ_RETRIES + 1
-API_KEY = "LIVEKEY-5f1c9a77e3"
-API_SECRET = "LIVESECRET-0b6e2d4418"
 
 
 @pytest.fixture
@@ -58,50 +59,12 @@ def server() -> Iterator[FakeExchangeServer]:
         assert srv.errors == []
 
 
-def live_settings(server: FakeExchangeServer, url: str, **trading: object) -> Settings:
-    return Settings(
-        database_url=url,
-        # No client-side throttling against the local server: the tests would mostly sleep.
-        exchange={
-            "api_urls": {"all": server.base_url},
-            "timeout_ms": 400,
-            "enable_rate_limit": False,
-            "max_retries": READ_RETRIES,
-            "retry_base_delay_s": 0.02,
-        },
-        trading={
-            **TRADING,
-            "mode": "live",
-            "api_key": API_KEY,
-            "api_secret": API_SECRET,
-            **trading,
-        },
-    )
-
-
 @pytest.fixture
 def trader(server: FakeExchangeServer, sqlite_url: str) -> Iterator[Trader]:
-    settings = live_settings(server, sqlite_url)
-    broker = LiveBroker(settings, load_credentials(settings.trading))
-    clock = Clock(minute(0) + timedelta(seconds=5))
-    t = make_trader(sqlite_url, clock, broker, settings)
+    t = live_trader(server, sqlite_url)
     yield t
-    broker.close()
-
-
-def at_market(
-    server: FakeExchangeServer, symbol: str, at: int, direction: str = "LONG"
-) -> OrderIntentMessage:
-    """An intent priced like the fake market: stop 2 % away, target 4 %."""
-    price = server.last_price(symbol.split("/")[0] + "USDT")
-    sign = 1 if direction == "LONG" else -1
-    return intent(
-        symbol, at, direction, entry=price, stop=price * (1 - 0.02 * sign), target=price * (1 + 0.04 * sign)
-    )
-
-
-def creates(server: FakeExchangeServer) -> list[dict[str, object]]:
-    return [r.json() for r in server.requests(ORDER_CREATE_PATH)]
+    assert t.broker is not None
+    t.broker.close()
 
 
 def test_an_intent_becomes_one_exchange_order_with_its_client_id(
@@ -209,8 +172,7 @@ def test_a_request_that_never_arrived_is_sent_again_after_the_look_up(
 def test_a_duplicate_client_id_on_the_exchange_is_adopted(trader: Trader, server: FakeExchangeServer) -> None:
     one = at_market(server, BTC, 0)
     trader.reconcile()  # the worker started; then an earlier process's order reaches the exchange
-    exchange = build_exchange(trader.settings.exchange)
-    exchange.apiKey, exchange.secret = API_KEY, API_SECRET
+    exchange = by_hand(trader)
     exchange.create_order(BTC, "market", "buy", 1.0, None, {"clientOrderId": one.client_order_id})
     result = trader.execute(one)
     assert result.status == "filled"
@@ -265,8 +227,7 @@ def test_reconcile_on_start_adopts_and_closes_positions(server: FakeExchangeServ
     trader.execute(at_market(server, BTC, 0))  # open long here and on the exchange
     held = positions(trader)[0].qty
     # Behind the service's back: BTC closed by hand, ETH opened by hand.
-    exchange = build_exchange(trader.settings.exchange)
-    exchange.apiKey, exchange.secret = API_KEY, API_SECRET
+    exchange = by_hand(trader)
     exchange.create_order(BTC, "market", "sell", held, None, {"reduceOnly": True})
     exchange.create_order(ETH, "market", "sell", 2.0, None, {})
     trader.clock.now = minute(2)  # type: ignore[attr-defined]
@@ -360,8 +321,7 @@ def test_resting_orders_are_found_open_then_cancelled(trader: Trader) -> None:
     """Look-ups by client order id see open orders (realtime) and closed ones (history)."""
     broker = trader.broker
     assert broker is not None
-    exchange = build_exchange(trader.settings.exchange)
-    exchange.apiKey, exchange.secret = API_KEY, API_SECRET
+    exchange = by_hand(trader)
     exchange.create_order(BTC, "limit", "buy", 0.01, 1000.0, {"clientOrderId": "mls-resting-1"})
     found = broker.find(BTC, "mls-resting-1")
     assert found is not None

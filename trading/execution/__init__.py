@@ -10,12 +10,20 @@ from __future__ import annotations
 from core.errors import ConfigError
 from data.store import CandleStore
 from trading.accounts import LIVE, AccountLock
-from trading.execution.broker import ExecutionBroker, TickReport
+from trading.execution.broker import ExecutionBroker, FlattenedPosition, FlattenReport, TickReport
 from trading.execution.live import LiveExecution
 from trading.execution.paper import PaperExecution
 from trading.live import LiveBroker
 
-__all__ = ["ExecutionBroker", "LiveExecution", "PaperExecution", "TickReport", "make_execution"]
+__all__ = [
+    "ExecutionBroker",
+    "FlattenReport",
+    "FlattenedPosition",
+    "LiveExecution",
+    "PaperExecution",
+    "TickReport",
+    "make_execution",
+]
 
 
 def make_execution(

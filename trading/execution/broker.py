@@ -12,19 +12,23 @@ an intent's decision   minute (fills, stops on closed candles)
 a decided entry        order ``pending``, intent ``submitted``    order and intent ``accepted``
 after the commit       nothing                                    send each new order (look it up first)
 per-minute step        fills and stops up to the minute           reconcile
+flatten                the step, the halt, then every close at    the halt, reconcile, reduce-only
+                       its mark in one transaction                market orders, reconcile
 market rules           ``trading.paper_market(s)``                the exchange's markets
 =====================  =========================================  ======================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from trading.accounts import Txn
 from trading.sizing import MarketRules
 
-__all__ = ["ExecutionBroker", "TickReport"]
+__all__ = ["ExecutionBroker", "FlattenReport", "FlattenedPosition", "TickReport"]
 
 
 @dataclass
@@ -48,6 +52,56 @@ class TickReport:
             "exits": dict(self.exits),
             "expired": self.expired,
             "cancelled": self.cancelled,
+        }
+
+
+@dataclass(frozen=True)
+class FlattenedPosition:
+    """One position a flatten went for, as it stands afterwards."""
+
+    symbol: str
+    side: str
+    qty: float
+    status: str  # closed, or still closing / open when its exit could not be completed
+    exit_price: float | None
+    exit_reason: str | None
+    realised_pnl: float  # net of the entry's and the exit's fees
+    # Paper: the close of the candle the position was marked at (the exit's reference price).
+    marked_at: datetime | None = None
+    problem: str | None = None  # why it is not closed (the exchange's error, for a rerun)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "side": self.side,
+            "qty": self.qty,
+            "status": self.status,
+            "exit_price": self.exit_price,
+            "exit_reason": self.exit_reason,
+            "realised_pnl": self.realised_pnl,
+            "marked_at": None if self.marked_at is None else self.marked_at.isoformat(),
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class FlattenReport:
+    """What ``flatten`` did: every position it went for, and the orders it cancelled."""
+
+    account: str
+    positions: list[FlattenedPosition] = field(default_factory=list)
+    cancelled_orders: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return all(p.status == "closed" for p in self.positions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "complete": self.complete,
+            "cancelled_orders": self.cancelled_orders,
+            "positions": [p.to_json() for p in self.positions],
         }
 
 
@@ -97,4 +151,10 @@ class ExecutionBroker(Protocol):
 
     def submit(self, order_id: int) -> str:
         """Send one decided order at most once (live only); returns its status."""
+        ...
+
+    def flatten(self, symbols: Collection[str] | None, halt: Callable[[], None]) -> FlattenReport:
+        """Close the open positions (of ``symbols``; all when ``None``) at market now and cancel the
+        entries not sent yet; ``halt`` turns the kill switch on, also when the flatten then fails.
+        Safe to run again after a failure: it never closes anything twice."""
         ...

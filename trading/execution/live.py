@@ -12,28 +12,35 @@ and how the answers change the local rows:
   and lapse those it never got once their signal expired (``_lapse``); then, under one lock,
   compare positions per symbol (``_match_position``: gone there -> closed here; ``_adopt``: there
   only -> recorded here) and take cash and equity from the exchange's wallet.
+* ``flatten``: reconcile, then, under the lock, cancel the entries nobody sent and decide one
+  reduce-only exit per open position (a deterministic client id: a rerun finds it); after the commit
+  each is sent like any order (``submit``), and a last reconciliation takes the exchange's word.
+  Rounds repeat while positions appear (an entry that was in flight when the flatten began).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from core.errors import BrokerUnavailableError, OrderRejectedError
 from core.logging import get_logger
 from core.settings import Settings
 from core.timegrid import iso_minute
 from trading.accounts import AccountLock, Txn
-from trading.execution.broker import TickReport
-from trading.ledger import INTENTS, ORDERS, POSITIONS, Ledger, OrderRow, PositionRow
+from trading.execution.broker import FlattenedPosition, FlattenReport, TickReport
+from trading.intents import exit_client_id
+from trading.ledger import INTENTS, ORDERS, POSITIONS, Account, Ledger, OrderRow, PositionRow
 from trading.live import DuplicateOrderError, ExchangeOrder, ExchangePosition, LiveBroker, OutcomeUnknownError
-from trading.paper import gross_pnl
+from trading.paper import EXIT_REASONS, FLATTEN, gross_pnl
 from trading.risk import Rejection, reason
 from trading.sizing import MarketRules
 from trading.states import (
     ACCEPTED,
+    ACTIVE_ORDER,
     CANCELLED,
     CLOSED,
     CLOSING,
@@ -57,6 +64,9 @@ CLOSED_ON_EXCHANGE = "closed_on_exchange"
 SENDABLE = (ACCEPTED, UNKNOWN)
 # ccxt's statuses of an order that ended without a fill.
 ENDED_UNFILLED = ("canceled", "expired", "rejected")
+FLATTENED = "cancelled by a flatten"
+# A flatten's rounds at most: another starts only when a position appeared during the previous one.
+FLATTEN_ROUNDS = 3
 
 
 class LiveExecution:
@@ -165,7 +175,7 @@ class LiveExecution:
             client_order_id=row.client_order_id,
             error=str(exc),
         )
-        self._mark(order_id, UNKNOWN, str(exc))
+        self._mark(order_id, UNKNOWN, str(exc))  # an exit keeps its reason: it is the exit's kind
         found = self.broker.find(row.symbol, row.client_order_id)
         if found is None:
             raise BrokerUnavailableError(
@@ -185,10 +195,11 @@ class LiveExecution:
 
     def _mark(self, order_id: int, status: str, why: str | None) -> None:
         with self.engine.begin() as conn:
+            reason_now = case((ORDERS.c.purpose == EXIT, ORDERS.c.reason), else_=why)
             conn.execute(
                 update(ORDERS)
                 .where(ORDERS.c.id == order_id)
-                .values(status=status, reason=why, updated_at=self.clock())
+                .values(status=status, reason=reason_now, updated_at=self.clock())
             )
 
     # -- the exchange's answer ---------------------------------------------------------------------
@@ -198,7 +209,7 @@ class LiveExecution:
         with self.lock.locked() as txn:
             ledger, acct = txn.ledger, txn.acct
             [order] = ledger.load_orders(ORDERS.c.id == order_id)
-            if order.status in TERMINAL_ORDER:
+            if order.status in TERMINAL_ORDER and not _filled_after_local_end(order, found):
                 return order.status
             order.exchange_order_id, order.dirty = found.id or order.exchange_order_id, True
             now = self.clock()
@@ -208,8 +219,9 @@ class LiveExecution:
                 status = REJECTED if found.status == "rejected" else CANCELLED
                 ledger.finish(order, status, f"exchange: order {found.status}", _positions_of(ledger, order))
             else:
-                order.status, order.reason = SUBMITTED, None
-                if order.purpose == ENTRY:
+                order.status = SUBMITTED
+                if order.purpose == ENTRY:  # an exit's reason is its kind (the position's exit reason)
+                    order.reason = None
                     ledger.set_intent(order.intent_id, SUBMITTED, None)
             ledger.write()
             unrealised = txn.conn.execute(
@@ -298,6 +310,136 @@ class LiveExecution:
             acct.balance = wallet
             acct.equity = equity
 
+    # -- flattening --------------------------------------------------------------------------------
+
+    def flatten(self, symbols: Collection[str] | None, halt: Callable[[], None]) -> FlattenReport:
+        """Close the open positions with reduce-only market orders (see the module docstring).
+
+        The halt comes first. Raises ``BrokerUnavailableError`` when the exchange cannot be reached
+        for the first reconciliation (nothing was sent). An exit whose outcome stays unknown leaves
+        its position ``closing``, with the error in the report; running the flatten again looks that
+        exit up by its client order id before anything is sent again.
+        """
+        halt()
+        report = FlattenReport(self.lock.name)
+        problems: dict[int, str] = {}
+        targets: list[int] = []
+        self.reconcile()
+        for _ in range(FLATTEN_ROUNDS):
+            exits, cancelled = self._decide_exits(symbols)
+            report.cancelled_orders += cancelled
+            fresh = [pid for pid, _ in exits if pid not in targets]
+            if not fresh:
+                break  # what is left was sent already: its problem is in ``problems``
+            targets += fresh
+            for position_id, order_id in exits:
+                problem = self._send_exit(order_id)
+                if problem is None:
+                    problems.pop(position_id, None)
+                else:
+                    problems[position_id] = problem
+            try:
+                # The exchange's word on what the exits did; it may also adopt a position that was
+                # opened meanwhile (an entry on the wire when the flatten began): the next round.
+                self.reconcile()
+            except BrokerUnavailableError as exc:
+                log.warning("flatten: the reconciliation after the exits failed", error=str(exc))
+                break
+            if problems:
+                break
+        report.positions = self._flattened(targets, problems)
+        log.info("live flatten", **report.to_json())
+        return report
+
+    def _send_exit(self, order_id: int) -> str | None:
+        """Send one flatten exit; what went wrong, if anything (a rejection's reason, or why the
+        outcome is unknown: the rerun looks the order up)."""
+        try:
+            status = self.submit(order_id)
+        except BrokerUnavailableError as exc:
+            return str(exc)
+        if status != REJECTED:
+            return None
+        with self.engine.connect() as conn:
+            why = conn.execute(select(ORDERS.c.reason).where(ORDERS.c.id == order_id)).scalar_one()
+        return str(why or "rejected by the exchange")
+
+    def _decide_exits(self, symbols: Collection[str] | None) -> tuple[list[tuple[int, int]], int]:
+        """Under the lock: cancel the entries never sent, and one exit order per open position
+        (an exit already on its way is kept). ``([(position id, exit order id)], cancelled)``."""
+        now = self.clock()
+        with self.lock.locked() as txn:
+            acct, ledger = txn.acct, txn.ledger
+            held = [
+                p
+                for p in ledger.load_positions(
+                    POSITIONS.c.account == acct.name, POSITIONS.c.status.in_((OPEN, CLOSING))
+                )
+                if symbols is None or p.symbol in symbols
+            ]
+            active = ledger.load_orders(ORDERS.c.account == acct.name, ORDERS.c.status.in_(ACTIVE_ORDER))
+            cancelled = 0
+            for order in active:
+                # Reconciled just now: an entry still sendable is not on the exchange; it never will be.
+                sendable = order.purpose == ENTRY and order.status in SENDABLE
+                if sendable and (symbols is None or order.symbol in symbols):
+                    ledger.finish(order, CANCELLED, FLATTENED)
+                    cancelled += 1
+            on_way = {o.position_id: o for o in active if o.purpose == EXIT and o.status in ACTIVE_ORDER}
+            decided: list[tuple[PositionRow, OrderRow]] = []
+            for pos in held:
+                exit_order = on_way.get(pos.id)
+                if exit_order is None:
+                    exit_order = self._new_flatten_exit(ledger, acct, pos, now)
+                decided.append((pos, exit_order))
+            ledger.write()
+        return [(int(p.id or 0), int(o.id or 0)) for p, o in decided], cancelled
+
+    def _new_flatten_exit(self, ledger: Ledger, acct: Account, pos: PositionRow, now: datetime) -> OrderRow:
+        # Each try at closing a position (one before may have been rejected) has its own client id.
+        tries = ledger.conn.execute(
+            select(func.count()).where(ORDERS.c.position_id == pos.id, ORDERS.c.purpose == EXIT)
+        ).scalar_one()
+        client_id = exit_client_id(acct.name, pos.id, FLATTEN, tries)
+        order = ledger.new_exit(pos, client_id, FLATTEN, pos.mark_price, now)
+        order.status = ACCEPTED
+        pos.status, pos.dirty = CLOSING, True
+        return order
+
+    def _flattened(self, position_ids: list[int], problems: dict[int, str]) -> list[FlattenedPosition]:
+        if not position_ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(POSITIONS).where(POSITIONS.c.id.in_(position_ids)).order_by(POSITIONS.c.id)
+            ).all()
+        return [
+            FlattenedPosition(
+                symbol=r.symbol,
+                side=r.side,
+                qty=r.qty,
+                status=r.status,
+                exit_price=r.exit_price,
+                exit_reason=r.exit_reason,
+                realised_pnl=r.realised_pnl,
+                problem=None if r.status == CLOSED else problems.get(r.id),
+            )
+            for r in rows
+        ]
+
+
+def _filled_after_local_end(order: OrderRow, found: ExchangeOrder) -> bool:
+    """An order ended here (lapsed, or cancelled by a flatten) that the exchange filled all the same:
+    a request in flight when it was ended. The exchange is the truth: its fill is recorded."""
+    if order.status not in (CANCELLED, EXPIRED) or found.status != "closed" or found.filled <= 0:
+        return False
+    log.warning(
+        "an order ended here was filled on the exchange: recording the fill",
+        client_order_id=order.client_order_id,
+        local_status=order.status,
+    )
+    return True
+
 
 def _positions_of(ledger: Ledger, order: OrderRow) -> list[PositionRow]:
     if order.position_id is None:
@@ -313,7 +455,8 @@ def _record_fill(ledger: Ledger, order: OrderRow, found: ExchangeOrder, now: dat
         return
     held = [p for p in _positions_of(ledger, order) if p.status != CLOSED]
     if held:
-        ledger.fill_exit(order, held[0], price, found.fee, order.reason or EXIT, now, None)
+        kind = order.reason if order.reason in EXIT_REASONS else EXIT
+        ledger.fill_exit(order, held[0], price, found.fee, kind, now, None)
     else:
         order.status, order.filled_qty, order.avg_price = FILLED, found.filled, price
 

@@ -5,11 +5,14 @@ fills on. The step (``advance``) runs at every per-minute tick and, inside the d
 before an intent of a later minute is decided (``catch_up``): pending entries and exits fill at
 their candle's open, pending orders lapse at their signal's expiry (cancelled while the kill switch
 is on), and every open position is checked for its stop-loss and take-profit on each new candle.
+
+``flatten`` runs that step up to the current minute, then closes what is still open at its mark (the
+close of the newest candle it was checked on), with slippage and the fee, in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,14 +21,23 @@ from sqlalchemy import select
 from core.errors import ConfigError
 from core.logging import get_logger
 from core.settings import Settings
-from core.timegrid import MINUTE_MS, dt_to_ms, iso_minute, ms_to_dt
+from core.timegrid import MINUTE_MS, dt_to_ms, floor_minute, iso_minute, ms_to_dt
 from data.store import CandleStore
 from trading.accounts import AccountLock, Txn
-from trading.execution.broker import TickReport
+from trading.execution.broker import FlattenedPosition, FlattenReport, TickReport
 from trading.intents import exit_client_id
 from trading.ledger import ACCOUNTS, ORDERS, POSITIONS, Account, Ledger, OrderRow, PositionRow
 from trading.live import LiveBroker
-from trading.paper import OPPOSITE_SIGNAL, Candle, FillModel, exit_fill_price, exit_on_candle, gross_pnl
+from trading.paper import (
+    FLATTEN,
+    OPPOSITE_SIGNAL,
+    Candle,
+    FillModel,
+    exit_fill_price,
+    exit_on_candle,
+    exit_side,
+    gross_pnl,
+)
 from trading.sizing import MarketRules
 from trading.states import CANCELLED, CLOSED, CLOSING, EXIT, EXPIRED, OPEN, PENDING, SUBMITTED
 
@@ -34,6 +46,7 @@ __all__ = ["PaperExecution"]
 log = get_logger(__name__)
 
 LAPSED = "no candle to fill on before the signal expired"
+FLATTENED = "cancelled by a flatten"
 
 
 class PaperExecution:
@@ -101,6 +114,46 @@ class PaperExecution:
     def submit(self, order_id: int) -> str:  # noqa: ARG002
         raise ConfigError("no live broker")
 
+    def flatten(self, symbols: Collection[str] | None, halt: Callable[[], None]) -> FlattenReport:
+        """Close the open positions at their marks now (see the module docstring).
+
+        First the step up to now (fills, stops and targets on the candles closed by now: an entry
+        whose candle closed before the flatten fills as it would have), then the halt, then, in one
+        transaction, pending orders of those symbols are cancelled (an entry must not open a
+        position after the flatten, and a pending exit's position is closed here instead) and the
+        positions closed. Running it again finds nothing open: a position is closed once.
+        """
+        now = self.lock.clock()
+        report = FlattenReport(self.lock.name)
+        try:
+            step = self.tick(floor_minute(dt_to_ms(now)))
+        finally:
+            halt()
+        with self.lock.locked() as txn:
+            acct, ledger = txn.acct, txn.ledger
+            held = ledger.load_positions(
+                POSITIONS.c.account == acct.name, POSITIONS.c.status.in_((OPEN, CLOSING))
+            )
+            report.cancelled_orders = step.cancelled
+            for order in ledger.load_orders(ORDERS.c.account == acct.name, ORDERS.c.status == PENDING):
+                if symbols is None or order.symbol in symbols:
+                    ledger.finish(order, CANCELLED, FLATTENED, held)  # a closing position reopens
+                    report.cancelled_orders += 1
+            for pos in held:
+                if symbols is None or pos.symbol in symbols:
+                    self._close_at_mark(ledger, acct, pos, now)
+                    report.positions.append(_flattened(pos))
+            acct.equity = acct.balance + ledger.unrealised()
+        if report.positions or report.cancelled_orders:
+            log.info("paper flatten", **report.to_json())
+        return report
+
+    def _close_at_mark(self, ledger: Ledger, acct: Account, pos: PositionRow, at: datetime) -> None:
+        price = self.fills.market_price(pos.mark_price, exit_side(pos.side))
+        order = ledger.new_exit(pos, exit_client_id(acct.name, pos.id, FLATTEN), FLATTEN, pos.mark_price, at)
+        candle = pos.checked_through_ms if pos.checked_through_ms > 0 else None
+        ledger.fill_exit(order, pos, price, self.fills.fee(price, pos.qty), FLATTEN, at, candle)
+
     # -- the step ----------------------------------------------------------------------------------
 
     def advance(self, txn: Txn, to_ms: int) -> TickReport:
@@ -137,6 +190,20 @@ class PaperExecution:
         if report.fills or report.exits or report.expired or report.cancelled:
             log.info("paper step", **report.to_json())
         return report
+
+
+def _flattened(pos: PositionRow) -> FlattenedPosition:
+    marked = pos.checked_through_ms + MINUTE_MS if pos.checked_through_ms > 0 else None
+    return FlattenedPosition(
+        symbol=pos.symbol,
+        side=pos.side,
+        qty=pos.qty,
+        status=pos.status,
+        exit_price=pos.exit_price,
+        exit_reason=pos.exit_reason,
+        realised_pnl=pos.realised_pnl,
+        marked_at=None if marked is None else ms_to_dt(marked),
+    )
 
 
 def _replay_starts(pending: Sequence[OrderRow], positions: Sequence[PositionRow]) -> dict[str, int]:
