@@ -34,7 +34,13 @@ from worker.embedded import embedded_runtime
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_SYMBOLS = 30
-MIN_SAMPLES = 25
+# No trading costs and a confidence floor at chance make about half the signals actionable (~15 a
+# minute of 30 symbols), so the verdict rests on 150 resolved actionable signals after ~10 minutes.
+# With the default costs and floor the quick model made ~1 actionable signal a minute: 25 of them
+# took most of the replay, and a verdict on so few could miss the broken model (a CI run ended
+# "insufficient" at 24, another "ok" on 25). Over 150 the broken model's hit rate was 0.41 and its
+# IC -0.06 (floors 0.45 and 0) in both runs measured, tripping at the first verdict.
+MIN_SAMPLES = 150
 WINDOW = 400
 MAX_MINUTES = 30  # the breaker must trip well inside this replay
 AFTER_TRIP = 4  # minutes replayed after the trip, to see that no entry follows it
@@ -48,7 +54,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str, 
         data={"universe_size": N_SYMBOLS},
         model={"registry_dir": root / "models", "device": "cpu"},
         pipeline={"symbols_per_task": N_SYMBOLS, "candle_wait_seconds": 0},
-        trading={"cooldown_minutes": 0, "max_open_positions": 0},
+        trading={"cooldown_minutes": 0, "max_open_positions": 0, "fee_bps": 0.0, "slippage_bps": 0.0},
+        ml_integration={"signals": {"confidence_threshold": 0.34}},
         quality={"breaker": {"horizon": 0, "min_samples": MIN_SAMPLES, "window_signals": WINDOW}},
     )
     db.upgrade(settings.database_url)
