@@ -219,8 +219,9 @@ def flatten(
     store = ready_store(s)
     mode = s.trading.mode
     wanted = split_symbols(symbol)
-    held = [p for p in account_status(store.engine, mode).positions if wanted is None or p.symbol in wanted]
     if not yes:
+        view = account_status(store.engine, mode)
+        held = [p for p in view.positions if wanted is None or p.symbol in wanted]
         what = (
             f"close {len(held)} open position{'s' if len(held) != 1 else ''} of the {mode} account at market"
         )
@@ -240,7 +241,7 @@ def flatten(
     if not keep_trading:
         console.print("trading is halted: `mlsignals trading resume` lifts it", highlight=False)
     if not report.complete:
-        left = sum(1 for p in report.positions if p.status != "closed")
+        left = report.not_closed
         err_console.print(
             f"[bold red]{left} position{'s are' if left != 1 else ' is'} not closed:[/] run the command "
             "again (every exit is looked up on the exchange before anything is sent again)",

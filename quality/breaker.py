@@ -27,14 +27,13 @@ from quality.events import (
     REASON_CODE,
     RESUME,
     TRIP,
-    halt_state,
     last_event,
     record,
     resume_after_promotion,
 )
 from quality.outcomes import HORIZONS
 from quality.rolling import ic_figures, load_outcomes
-from trading.accounts import set_halted
+from trading.accounts import halt_state, set_halted
 
 # Verdicts of one evaluation.
 OK, TRIPPED, INSUFFICIENT, HALTED, RESUMED, DISABLED, NO_CHAMPION = (

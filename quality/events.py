@@ -12,24 +12,13 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from core.settings import Settings
 from data.models import QualityEvent
-from trading.accounts import set_halted
-from trading.ledger import ACCOUNTS
+from trading.accounts import halt_state, set_halted
 from trading.risk import code_of
 
 REASON_CODE = "quality_breaker"
 TRIP, RESUME = "trip", "resume"
 # Who flipped the switch.
 BREAKER, OPERATOR, PROMOTION = "breaker", "operator", "promotion"
-
-
-def halt_state(engine: Engine, settings: Settings) -> tuple[bool, str | None]:
-    """(halted, reason) of the trading mode's account; an account not made yet is not halted (a read:
-    the MCP tool ``signal_quality`` calls it, and reads write nothing)."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ACCOUNTS.c.halted, ACCOUNTS.c.halt_reason).where(ACCOUNTS.c.name == settings.trading.mode)
-        ).first()
-    return (False, None) if row is None else (bool(row.halted), row.halt_reason)
 
 
 def last_event(engine: Engine, kind: str | None = None) -> QualityEvent | None:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
 from core.settings import Settings
-from quality.events import events, halt_state
+from quality.events import events
 from quality.report import quality_report
+from trading.accounts import halt_state
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

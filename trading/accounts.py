@@ -107,6 +107,16 @@ def set_halted(
         )
 
 
+def halt_state(engine: Engine, settings: Settings) -> tuple[bool, str | None]:
+    """(halted, reason) of the trading mode's account; an account not made yet is not halted (a read:
+    the MCP tool ``signal_quality`` calls it, and reads write nothing)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ACCOUNTS.c.halted, ACCOUNTS.c.halt_reason).where(ACCOUNTS.c.name == settings.trading.mode)
+        ).first()
+    return (False, None) if row is None else (bool(row.halted), row.halt_reason)
+
+
 @dataclass
 class Txn:
     """One transaction holding the account lock."""

@@ -48,6 +48,7 @@ from trading.accounts import (
     AccountLock,
     Txn,
     ensure_account,
+    halt_state,
     lock_account,
     midnight,
     set_halted,
@@ -58,7 +59,7 @@ from trading.execution import ExecutionBroker, FlattenReport, TickReport, make_e
 from trading.execution.live import CLOSED_ON_EXCHANGE
 from trading.intake import record_intent, record_intents
 from trading.intents import OrderIntentMessage, exit_client_id
-from trading.ledger import ACCOUNTS, INTENTS, Account
+from trading.ledger import INTENTS, Account
 from trading.live import LiveBroker
 from trading.paper import LONG, OPPOSITE_SIGNAL, SHORT, entry_side, exit_side
 from trading.risk import Rejection, RiskLimits, check_entry, check_exposure, check_signal, reason
@@ -210,16 +211,10 @@ class Trader:
         self.ensure_account()
 
         def halt() -> None:
-            if halt_reason is not None and not self.halted():
+            if halt_reason is not None and not halt_state(self.engine, self.settings)[0]:
                 set_halted(self.engine, self.settings, True, halt_reason)
 
         return self.execution.flatten(None if symbols is None else frozenset(symbols), halt)
-
-    def halted(self) -> bool:
-        with self.engine.connect() as conn:
-            return bool(
-                conn.execute(select(ACCOUNTS.c.halted).where(ACCOUNTS.c.name == self.account)).scalar_one()
-            )
 
     def ensure_account(self) -> None:
         self.lock.ensure()

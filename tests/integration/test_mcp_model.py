@@ -43,7 +43,7 @@ from mcp_servers.model_server import build
 from ml.registry import Registry
 from quality.champion import compare_champion
 from quality.compare import without_series
-from quality.events import BREAKER, REASON_CODE, TRIP, halt_state, record
+from quality.events import BREAKER, REASON_CODE, TRIP, record
 from tests.support.mcp import (
     TOKENS,
     McpDeployment,
@@ -54,7 +54,7 @@ from tests.support.mcp import (
     ok,
     stdio_parameters,
 )
-from trading.accounts import set_halted
+from trading.accounts import halt_state, set_halted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

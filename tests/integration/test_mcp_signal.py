@@ -440,9 +440,9 @@ def test_pipeline_status_is_the_ledger(deployment: McpDeployment) -> None:
 def test_signal_quality_is_the_cli_report(deployment: McpDeployment) -> None:
     d = deployment
     from ml.evaluation import json_ready
-    from quality.events import halt_state
     from quality.live import live_quality
     from quality.report import without_series
+    from trading.accounts import halt_state
 
     engine = db.get_engine(d.settings.database_url)
     srv = server(d.settings)

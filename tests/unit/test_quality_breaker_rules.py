@@ -14,8 +14,8 @@ from core.settings import Settings
 from data import db
 from data.models import QualityEvent, SignalOutcome
 from quality.breaker import HALTED, INSUFFICIENT, OK, RESUMED, TRIPPED, evaluate
-from quality.events import OPERATOR, halt_state, resume, resume_after_promotion
-from trading.accounts import set_halted
+from quality.events import OPERATOR, resume, resume_after_promotion
+from trading.accounts import halt_state, set_halted
 
 BASE = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SYMBOLS = [f"S{i}" for i in range(6)]

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from trading.accounts import Txn
 from trading.sizing import MarketRules
+from trading.states import CLOSED
 
 __all__ = ["ExecutionBroker", "FlattenReport", "FlattenedPosition", "TickReport"]
 
@@ -70,6 +71,23 @@ class FlattenedPosition:
     marked_at: datetime | None = None
     problem: str | None = None  # why it is not closed (the exchange's error, for a rerun)
 
+    @classmethod
+    def of(
+        cls, position: Any, *, marked_at: datetime | None = None, problem: str | None = None
+    ) -> FlattenedPosition:
+        """From a position (a ledger row or a database row): its state after the flatten."""
+        return cls(
+            symbol=position.symbol,
+            side=position.side,
+            qty=position.qty,
+            status=position.status,
+            exit_price=position.exit_price,
+            exit_reason=position.exit_reason,
+            realised_pnl=position.realised_pnl,
+            marked_at=marked_at,
+            problem=problem,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "symbol": self.symbol,
@@ -93,8 +111,12 @@ class FlattenReport:
     cancelled_orders: int = 0
 
     @property
+    def not_closed(self) -> int:
+        return sum(1 for p in self.positions if p.status != CLOSED)
+
+    @property
     def complete(self) -> bool:
-        return all(p.status == "closed" for p in self.positions)
+        return self.not_closed == 0
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select, update
 
 from core.errors import BrokerUnavailableError, OrderRejectedError
 from core.logging import get_logger
@@ -175,7 +175,8 @@ class LiveExecution:
             client_order_id=row.client_order_id,
             error=str(exc),
         )
-        self._mark(order_id, UNKNOWN, str(exc))  # an exit keeps its reason: it is the exit's kind
+        # An exit keeps its reason: it is the exit's kind (the position's exit reason when it fills).
+        self._mark(order_id, UNKNOWN, row.reason if row.purpose == EXIT else str(exc))
         found = self.broker.find(row.symbol, row.client_order_id)
         if found is None:
             raise BrokerUnavailableError(
@@ -195,11 +196,10 @@ class LiveExecution:
 
     def _mark(self, order_id: int, status: str, why: str | None) -> None:
         with self.engine.begin() as conn:
-            reason_now = case((ORDERS.c.purpose == EXIT, ORDERS.c.reason), else_=why)
             conn.execute(
                 update(ORDERS)
                 .where(ORDERS.c.id == order_id)
-                .values(status=status, reason=reason_now, updated_at=self.clock())
+                .values(status=status, reason=why, updated_at=self.clock())
             )
 
     # -- the exchange's answer ---------------------------------------------------------------------
@@ -385,7 +385,7 @@ class LiveExecution:
                 if sendable and (symbols is None or order.symbol in symbols):
                     ledger.finish(order, CANCELLED, FLATTENED)
                     cancelled += 1
-            on_way = {o.position_id: o for o in active if o.purpose == EXIT and o.status in ACTIVE_ORDER}
+            on_way = {o.position_id: o for o in active if o.purpose == EXIT}
             decided: list[tuple[PositionRow, OrderRow]] = []
             for pos in held:
                 exit_order = on_way.get(pos.id)
@@ -414,17 +414,7 @@ class LiveExecution:
                 select(POSITIONS).where(POSITIONS.c.id.in_(position_ids)).order_by(POSITIONS.c.id)
             ).all()
         return [
-            FlattenedPosition(
-                symbol=r.symbol,
-                side=r.side,
-                qty=r.qty,
-                status=r.status,
-                exit_price=r.exit_price,
-                exit_reason=r.exit_reason,
-                realised_pnl=r.realised_pnl,
-                problem=None if r.status == CLOSED else problems.get(r.id),
-            )
-            for r in rows
+            FlattenedPosition.of(r, problem=None if r.status == CLOSED else problems.get(r.id)) for r in rows
         ]
 
 

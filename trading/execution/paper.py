@@ -194,16 +194,7 @@ class PaperExecution:
 
 def _flattened(pos: PositionRow) -> FlattenedPosition:
     marked = pos.checked_through_ms + MINUTE_MS if pos.checked_through_ms > 0 else None
-    return FlattenedPosition(
-        symbol=pos.symbol,
-        side=pos.side,
-        qty=pos.qty,
-        status=pos.status,
-        exit_price=pos.exit_price,
-        exit_reason=pos.exit_reason,
-        realised_pnl=pos.realised_pnl,
-        marked_at=None if marked is None else ms_to_dt(marked),
-    )
+    return FlattenedPosition.of(pos, marked_at=None if marked is None else ms_to_dt(marked))
 
 
 def _replay_starts(pending: Sequence[OrderRow], positions: Sequence[PositionRow]) -> dict[str, int]:
