@@ -63,9 +63,8 @@ def breaker_horizon(settings: Settings) -> int:
 
 def evaluate(engine: Engine, settings: Settings, champion: str | None) -> Verdict:
     """Judge the champion once; trips the kill switch when its live quality is below the floors."""
-    cfg = settings.quality.breaker
     h = breaker_horizon(settings)
-    if not cfg.enabled:
+    if not settings.quality.breaker.enabled:
         return Verdict(DISABLED, champion, h)
     if resume_after_promotion(engine, settings, champion):
         return Verdict(RESUMED, champion, h, reason="champion changed")
@@ -76,23 +75,51 @@ def evaluate(engine: Engine, settings: Settings, champion: str | None) -> Verdic
         return Verdict(NO_CHAMPION, None, h)
     resumed = last_event(engine, RESUME)
     after = resumed.at if resumed is not None else None
+    figures = measure(engine, settings, champion, after=after)
+    if "hit_rate" not in figures:
+        return Verdict(INSUFFICIENT, champion, h, figures)
+    failures = shortfalls(figures)
+    if not failures:
+        return Verdict(OK, champion, h, figures)
+    reason = (
+        f"{REASON_CODE}: champion {champion} at {figures['horizon']}: {' and '.join(failures)} "
+        f"over {figures['actionable']} resolved actionable signals"
+    )
+    set_halted(engine, settings, True, reason, also=record(TRIP, BREAKER, champion, reason, figures))
+    return Verdict(TRIPPED, champion, h, figures, reason)
+
+
+def measure(
+    engine: Engine,
+    settings: Settings,
+    version: str,
+    *,
+    after: datetime | None = None,
+    min_samples: int | None = None,
+) -> dict[str, Any]:
+    """The breaker's figures for ``version``: its newest ``window_signals`` resolved actionable
+    signals at the breaker's horizon stored after ``after``, their hit rate, and the mean per-minute
+    IC of every signal of those minutes. Below ``min_samples`` (default: the breaker's) only the
+    counts, no hit rate."""
+    cfg = settings.quality.breaker
+    minimum = cfg.min_samples if min_samples is None else min_samples
+    h = breaker_horizon(settings)
     acted = load_outcomes(
-        engine, champion, h, made_after=after, limit=cfg.window_signals, actionable_only=True
+        engine, version, h, made_after=after, limit=cfg.window_signals, actionable_only=True
     )
     figures: dict[str, Any] = {
         "horizon": horizon_label(h, settings.data.bar_minutes),
         "actionable": acted.size,
-        "min_samples": cfg.min_samples,
+        "min_samples": minimum,
         "after": after.isoformat() if after else None,
     }
-    if acted.size < cfg.min_samples:
-        return Verdict(INSUFFICIENT, champion, h, figures)
+    if acted.size < max(minimum, 1):
+        return figures
     oldest = datetime.fromtimestamp(int(acted.minute_ms[0]) / 1000, UTC)
-    every = load_outcomes(engine, champion, h, since=oldest, made_after=after)
+    every = load_outcomes(engine, version, h, since=oldest, made_after=after)
     ic = ic_figures(every, h, settings.data.bar_minutes)
-    hit_rate = float(acted.correct.mean())
-    figures |= {
-        "hit_rate": hit_rate,
+    return figures | {
+        "hit_rate": float(acted.correct.mean()),
         "hit_rate_floor": cfg.hit_rate_floor,
         "ic": ic["mean"],
         "ic_t": ic["t"],
@@ -100,16 +127,13 @@ def evaluate(engine: Engine, settings: Settings, champion: str | None) -> Verdic
         "ic_floor": cfg.ic_floor,
         "first_minute": oldest.isoformat(),
     }
+
+
+def shortfalls(figures: dict[str, Any]) -> list[str]:
+    """What in ``measure``'s figures is below its floor, in words; empty when nothing is."""
     failures = []
-    if hit_rate < cfg.hit_rate_floor:
-        failures.append(f"hit rate {hit_rate:.3f} < {cfg.hit_rate_floor:.3f}")
-    if ic["mean"] is not None and ic["mean"] < cfg.ic_floor:
-        failures.append(f"IC {ic['mean']:+.4f} < {cfg.ic_floor:+.4f}")
-    if not failures:
-        return Verdict(OK, champion, h, figures)
-    reason = (
-        f"{REASON_CODE}: champion {champion} at {figures['horizon']}: {' and '.join(failures)} "
-        f"over {acted.size} resolved actionable signals"
-    )
-    set_halted(engine, settings, True, reason, also=record(TRIP, BREAKER, champion, reason, figures))
-    return Verdict(TRIPPED, champion, h, figures, reason)
+    if figures["hit_rate"] < figures["hit_rate_floor"]:
+        failures.append(f"hit rate {figures['hit_rate']:.3f} < {figures['hit_rate_floor']:.3f}")
+    if figures["ic"] is not None and figures["ic"] < figures["ic_floor"]:
+        failures.append(f"IC {figures['ic']:+.4f} < {figures['ic_floor']:+.4f}")
+    return failures
