@@ -6,10 +6,12 @@ Backfills ``--symbols`` simulated symbols for the 12-hour horizon plus the minut
 scratch PostgreSQL schema, stores one signal per symbol for each of ``--minutes`` minutes (random
 predictions: scoring does not depend on them), then times what the beat task does each minute in
 steady state: score one minute at each of the four horizons (1, 4, 16, 48 bars), i.e.
-500 symbols x 4 horizons, one transaction per horizon (budget: 200 ms). Then the breaker's read
-(the newest ``breaker.window_signals`` actionable outcomes and the IC of their minutes) and the
-report of one horizon over the last ``quality.window_signals`` signals. Prints each figure with its
-sample count.
+500 symbols x 4 horizons, one transaction per horizon (budget: 200 ms). Then the breaker's pass
+(its window: the newest ``breaker.window_signals`` actionable outcomes, widened to the last
+``breaker.min_periods`` periods of its horizon, which --minutes 181 spans at 1 h; the IC of
+the newest minute of each bar) with floors it cannot trip on, so that every sample reads the whole
+window, and the report of one horizon over the last ``quality.window_signals`` signals. Prints each
+figure with its sample count.
 """
 
 from __future__ import annotations
@@ -129,14 +131,20 @@ def main() -> None:
             print(f"  horizon {LABELS[h]:>3} ({h * BAR_MINUTES} candles per symbol): {summary(samples)}")
 
         analyze(url, "signal_outcomes")
+        # Floors it cannot trip on: a trip would halt trading, and every later pass would stop there.
+        judge = settings.model_copy(deep=True)
+        judge.quality.breaker.hit_rate_floor, judge.quality.breaker.ic_floor = 0.0, -1.0
         breaker = []
         for _ in range(5):
             t0 = time.perf_counter()
-            evaluate(engine, settings, "bench")
+            verdict = evaluate(engine, judge, "bench")
             breaker.append(time.perf_counter() - t0)
+        f = verdict.figures
         print(
-            f"breaker pass over {settings.quality.breaker.window_signals} actionable outcomes "
-            f"and the IC of their minutes: {summary(breaker)}"
+            f"breaker pass ({verdict.state}): {f['actionable']:,} actionable outcomes over {f['periods']} "
+            f"periods of {f['horizon']} (window {judge.quality.breaker.window_signals}, widened to "
+            f"{judge.quality.breaker.min_periods} periods) and the IC of {f.get('ic_minutes')} minutes, "
+            f"one per bar: {summary(breaker)}"
         )
         rolling = []
         for _ in range(3):

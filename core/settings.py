@@ -230,6 +230,12 @@ class BreakerSettings(BaseModel):
     horizon: int | None = Field(None, ge=0, le=3)
     # No verdict before this many resolved actionable signals since the last resume or promotion.
     min_samples: int = Field(200, ge=1)
+    # No verdict before the window spans this many periods of the horizon (from its oldest to its newest
+    # minute, in horizon lengths, plus one); a window of fewer is widened to every actionable signal of
+    # the last min_periods periods. Nearby minutes share most of their outcome: 500 signals of a
+    # 500-symbol universe come from ~15 minutes, one or two periods at 1 h, over which a sound model's
+    # IC falls below 0 by chance often enough to halt trading for nothing (docs/SIGNAL_QUALITY.md).
+    min_periods: int = Field(4, ge=1)
     # The window: the newest this many resolved actionable signals (and every signal of their minutes
     # for the IC).
     window_signals: int = Field(500, ge=1)

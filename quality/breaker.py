@@ -3,8 +3,12 @@
 After each scoring pass (tasks.quality) it looks at the champion's newest
 ``quality.breaker.window_signals`` resolved actionable signals at the breaker's horizon that were
 stored after the last resume (signals it made as a shadow challenger count too: the same weights
-made them). Once there are at least ``min_samples``, it trips when their hit rate is below
-``hit_rate_floor`` or the mean per-minute IC (every signal of those minutes) is below ``ic_floor``.
+made them), widened to every such signal of the last ``min_periods`` periods of the horizon when
+they span fewer (nearby minutes share most of their outcome, and a window of one or two periods
+measures little). Once there are at least ``min_samples`` over at least ``min_periods`` periods, it
+trips when their hit rate is below ``hit_rate_floor`` or the mean IC of the window's bars (every
+signal of the newest minute of each bar, which the bar's other minutes share their outcome with)
+is below ``ic_floor``.
 A trip turns the kill switch on with the reason ``quality_breaker: …`` (open positions keep their
 stops and targets: only entries stop) and records the figures in ``quality_events``, in one
 transaction. Trading resumes only by ``mlsignals trading resume`` or when another model becomes
@@ -15,12 +19,13 @@ the kill switch is on for any reason the breaker judges nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
 from core.settings import Settings
+from core.timegrid import MINUTE_MS, ms_to_dt
 from ml.outputs import horizon_label
 from quality.events import (
     BREAKER,
@@ -32,7 +37,7 @@ from quality.events import (
     resume_after_promotion,
 )
 from quality.outcomes import HORIZONS
-from quality.rolling import ic_figures, load_outcomes
+from quality.rolling import OutcomeRows, ic_figures, load_outcomes
 from trading.accounts import halt_state, set_halted
 
 # Verdicts of one evaluation.
@@ -98,25 +103,38 @@ def measure(
     min_samples: int | None = None,
 ) -> dict[str, Any]:
     """The breaker's figures for ``version``: its newest ``window_signals`` resolved actionable
-    signals at the breaker's horizon stored after ``after``, their hit rate, and the mean per-minute
-    IC of every signal of those minutes. Below ``min_samples`` (default: the breaker's) only the
-    counts, no hit rate."""
+    signals at the breaker's horizon stored after ``after`` (every one of the last ``min_periods``
+    periods when those span fewer), their hit rate, and the mean IC of their bars. Below
+    ``min_samples`` (default: the breaker's) or ``min_periods`` only the counts, no hit rate."""
     cfg = settings.quality.breaker
     minimum = cfg.min_samples if min_samples is None else min_samples
     h = breaker_horizon(settings)
+    period_ms = h * settings.data.bar_minutes * MINUTE_MS
     acted = load_outcomes(
         engine, version, h, made_after=after, limit=cfg.window_signals, actionable_only=True
     )
+    if acted.size and _periods(acted, period_ms) < cfg.min_periods:
+        since = ms_to_dt(int(acted.minute_ms[-1]) - (cfg.min_periods - 1) * period_ms)
+        acted = load_outcomes(engine, version, h, since=since, made_after=after, actionable_only=True)
+    periods = _periods(acted, period_ms)
     figures: dict[str, Any] = {
         "horizon": horizon_label(h, settings.data.bar_minutes),
         "actionable": acted.size,
         "min_samples": minimum,
+        "periods": periods,
+        "min_periods": cfg.min_periods,
         "after": after.isoformat() if after else None,
     }
-    if acted.size < max(minimum, 1):
+    if acted.size < max(minimum, 1) or periods < cfg.min_periods:
         return figures
-    oldest = datetime.fromtimestamp(int(acted.minute_ms[0]) / 1000, UTC)
-    every = load_outcomes(engine, version, h, since=oldest, made_after=after)
+    # One minute per bar: the minutes of a bar share their outcome, so the bar's newest minute carries
+    # its IC, and a window widened to hours of a 500-symbol universe loads thousands of rows, not
+    # a hundred thousand.
+    bar_ms = settings.data.bar_minutes * MINUTE_MS
+    newest_per_bar = {int(m) // bar_ms: int(m) for m in acted.minute_ms}  # oldest first: the last wins
+    every = load_outcomes(
+        engine, version, h, made_after=after, minutes=[ms_to_dt(m) for m in newest_per_bar.values()]
+    )
     ic = ic_figures(every, h, settings.data.bar_minutes)
     return figures | {
         "hit_rate": float(acted.correct.mean()),
@@ -125,8 +143,15 @@ def measure(
         "ic_t": ic["t"],
         "ic_minutes": ic["minutes"],
         "ic_floor": cfg.ic_floor,
-        "first_minute": oldest.isoformat(),
+        "first_minute": ms_to_dt(int(acted.minute_ms[0])).isoformat(),
     }
+
+
+def _periods(rows: OutcomeRows, period_ms: int) -> int:
+    """How many periods of the horizon the rows' minutes span: 0 for none, 1 within one period."""
+    if not rows.size:
+        return 0
+    return (int(rows.minute_ms[-1]) - int(rows.minute_ms[0])) // period_ms + 1
 
 
 def shortfalls(figures: dict[str, Any]) -> list[str]:

@@ -241,26 +241,29 @@ class OutcomeScorer:
     def _write(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Insert the rows, skipping any (signal, horizon) already there.
 
-        PostgreSQL: one statement over column arrays (``unnest``): 500 rows in a few milliseconds,
-        where an executemany sends one INSERT per row and ``.values(rows)`` compiles 24 bind
-        parameters per row on every call (5-10x slower). SQLite runs in process: executemany.
+        PostgreSQL: one statement over column arrays (``unnest``), sent in binary: 500 rows in a few
+        milliseconds, where an executemany sends one INSERT per row and ``.values(rows)`` compiles 24
+        bind parameters per row on every call (5-10x slower). SQLite runs in process: executemany.
         """
+        if not rows:
+            return
         if conn.dialect.name != "postgresql":
             stmt = self._insert(SignalOutcome).on_conflict_do_nothing(
                 index_elements=["signal_id", "horizon_bars"]
             )
             conn.execute(stmt, list(rows))
             return
-        arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
-        sql = text(
-            f"INSERT INTO signal_outcomes ({', '.join(_PG_COLUMNS)}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT (signal_id, horizon_bars) DO NOTHING"
-        )
         # Outcomes can always be scored again (the cursor is the table itself): a commit lost in a
         # server crash is re-done by the next pass, so this transaction need not wait for the WAL
         # flush.
         conn.execute(text("SET LOCAL synchronous_commit = off"))
-        conn.execute(sql, {name: [r[name] for r in rows] for name in _PG_COLUMNS})
+        # The arrays go in psycopg's binary format (%b), on this transaction's own connection: in text
+        # format psycopg quotes and escapes each of the 12,000 elements, most of a write's time.
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(_PG_INSERT, {name: [r[name] for r in rows] for name in _PG_COLUMNS})
+        finally:
+            cursor.close()
 
     # -- queries --------------------------------------------------------------------------------------
     def _scored_through(self, horizon_bars: int) -> datetime | None:
@@ -351,6 +354,11 @@ _PG_COLUMNS: dict[str, str] = {
     "net_return_raw": "double precision",
     "cost": "double precision",
 }
+_PG_INSERT = (
+    f"INSERT INTO signal_outcomes ({', '.join(_PG_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%({name})b::{kind}[]" for name, kind in _PG_COLUMNS.items())
+    + ") ON CONFLICT (signal_id, horizon_bars) DO NOTHING"
+)
 
 _EMPTY: dict[str, Any] = {
     "exit_price": None,

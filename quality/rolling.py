@@ -19,6 +19,7 @@ limit split it, so that no minute's IC rests on a part of its symbols.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,9 +69,10 @@ def load_outcomes(
     made_after: datetime | None = None,
     limit: int | None = None,
     actionable_only: bool = False,
+    minutes: Sequence[datetime] | None = None,
 ) -> OutcomeRows:
-    """Resolved outcomes with ``minute >= since`` of signals stored after ``made_after``, the newest
-    ``limit`` (cut at a whole minute), oldest first."""
+    """Resolved outcomes with ``minute >= since`` (and among ``minutes``, when given) of signals
+    stored after ``made_after``, the newest ``limit`` (cut at a whole minute), oldest first."""
     o = SignalOutcome
     conditions = [o.model_version == model_version, o.horizon_bars == horizon_bars, o.status == RESOLVED]
     if since is not None:
@@ -79,6 +81,8 @@ def load_outcomes(
         conditions.append(o.signal_made_at > made_after)
     if actionable_only:
         conditions.append(o.actionable.is_(True))
+    if minutes is not None:
+        conditions.append(o.minute.in_(list(minutes)))
     stmt = (
         select(
             o.minute,

@@ -1,6 +1,7 @@
 """The quality breaker's rules on hand-made outcomes (SQLite and PostgreSQL): no verdict below
-``min_samples``, a trip on either floor with its record, nothing judged while halted, the window
-restarting at a resume, and the halt lifted by a new champion only."""
+``min_samples`` or ``min_periods`` (the window widened to them), a trip on either floor with its
+record, nothing judged while halted, the window restarting at a resume, and the halt lifted by a
+new champion only."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ SYMBOLS = [f"S{i}" for i in range(6)]
 
 
 def settings(**breaker: Any) -> Settings:
-    return Settings(quality={"breaker": {"horizon": 0, "min_samples": 12, "window_signals": 100, **breaker}})
+    # One period (15 minutes at this horizon) is enough here: these rules play out over a few minutes;
+    # the periods rule has its own test.
+    rules = {"horizon": 0, "min_samples": 12, "min_periods": 1, "window_signals": 100}
+    return Settings(quality={"breaker": rules | breaker})
 
 
 def add_minutes(engine: Any, version: str, first: int, count: int, *, skill: float, made: datetime) -> None:
@@ -109,6 +113,27 @@ def test_either_floor_trips_the_kill_switch_with_its_record(engine: Any, floor: 
     # While halted nothing more is judged (and nothing recorded twice).
     assert evaluate(engine, s, "bad").state == HALTED
     assert len(events(engine)) == 1
+
+
+def test_no_verdict_until_the_window_spans_min_periods_which_widens_it(engine: Any) -> None:
+    s = settings(min_periods=4, window_signals=20)
+    # 20 actionable signals (over min_samples) from 10 minutes: one 15-minute period, no verdict.
+    add_minutes(engine, "bad", 0, 10, skill=-1.0, made=BASE)
+    verdict = evaluate(engine, s, "bad")
+    assert verdict.state == INSUFFICIENT
+    assert (verdict.figures["actionable"], verdict.figures["periods"]) == (20, 1)
+    assert "hit_rate" not in verdict.figures
+    assert halt_state(engine, s) == (False, None)
+    # Minutes 10..55: the newest 20 signals still come from 10 minutes, so the window widens to every
+    # actionable signal of the last 4 periods: from minute 55 - 3 x 15 = 10 on.
+    add_minutes(engine, "bad", 10, 46, skill=-1.0, made=BASE)
+    verdict = evaluate(engine, s, "bad")
+    assert verdict.state == TRIPPED
+    assert (verdict.figures["actionable"], verdict.figures["periods"]) == (92, 4)
+    assert verdict.figures["first_minute"] == (BASE + timedelta(minutes=10)).isoformat()
+    # The IC is the bars': the newest minute of each 15-minute bar (14, 29, 44 and 55).
+    assert verdict.figures["ic_minutes"] == 4
+    assert verdict.figures["ic"] == pytest.approx(-1.0)
 
 
 def test_a_resume_restarts_the_window(engine: Any) -> None:
