@@ -236,8 +236,8 @@ class BreakerSettings(BaseModel):
     # 500-symbol universe come from ~15 minutes, one or two periods at 1 h, over which a sound model's
     # IC falls below 0 by chance often enough to halt trading for nothing (docs/SIGNAL_QUALITY.md).
     min_periods: int = Field(4, ge=1)
-    # The window: the newest this many resolved actionable signals (and every signal of their minutes
-    # for the IC).
+    # The window: the newest this many resolved actionable signals, widened to min_periods periods (and
+    # for the IC every signal of the newest minute of each of their bars).
     window_signals: int = Field(500, ge=1)
     # Trips when the window's hit rate or its mean per-minute IC falls below these floors. The default
     # recipe's held-out figures are a hit rate of 0.61 and an IC of 0.08 at 1 h (docs/MODEL.md).
