@@ -37,7 +37,7 @@ from quality.events import (
     resume_after_promotion,
 )
 from quality.outcomes import HORIZONS
-from quality.rolling import OutcomeRows, ic_figures, load_outcomes
+from quality.rolling import ic_figures, load_outcomes, span_periods
 from trading.accounts import halt_state, set_halted
 
 # Verdicts of one evaluation.
@@ -113,10 +113,11 @@ def measure(
     acted = load_outcomes(
         engine, version, h, made_after=after, limit=cfg.window_signals, actionable_only=True
     )
-    if acted.size and _periods(acted, period_ms) < cfg.min_periods:
+    periods = span_periods(acted.minute_ms, period_ms)
+    if acted.size and periods < cfg.min_periods:
         since = ms_to_dt(int(acted.minute_ms[-1]) - (cfg.min_periods - 1) * period_ms)
         acted = load_outcomes(engine, version, h, since=since, made_after=after, actionable_only=True)
-    periods = _periods(acted, period_ms)
+        periods = span_periods(acted.minute_ms, period_ms)
     figures: dict[str, Any] = {
         "horizon": horizon_label(h, settings.data.bar_minutes),
         "actionable": acted.size,
@@ -145,13 +146,6 @@ def measure(
         "ic_floor": cfg.ic_floor,
         "first_minute": ms_to_dt(int(acted.minute_ms[0])).isoformat(),
     }
-
-
-def _periods(rows: OutcomeRows, period_ms: int) -> int:
-    """How many periods of the horizon the rows' minutes span: 0 for none, 1 within one period."""
-    if not rows.size:
-        return 0
-    return (int(rows.minute_ms[-1]) - int(rows.minute_ms[0])) // period_ms + 1
 
 
 def shortfalls(figures: dict[str, Any]) -> list[str]:

@@ -152,6 +152,12 @@ def direction_figures(rows: OutcomeRows) -> dict[str, dict[str, Any]]:
     return out
 
 
+def span_periods(minute_ms: npt.NDArray[np.int64], period_ms: int) -> int:
+    """How many periods of ``period_ms`` the ascending minutes span, from the oldest to the newest:
+    0 for none, 1 within one period."""
+    return int((minute_ms[-1] - minute_ms[0]) // period_ms) + 1 if minute_ms.size else 0
+
+
 def ic_figures(rows: OutcomeRows, horizon_bars: int, bar_minutes: int) -> dict[str, Any]:
     """Mean per-minute IC with its Newey–West SE and t-statistic; the per-minute series too."""
     times, values = ic_series(rows.predicted, rows.neutral, rows.minute_ms)
@@ -160,7 +166,7 @@ def ic_figures(rows: OutcomeRows, horizon_bars: int, bar_minutes: int) -> dict[s
     lag = lag_steps(times[finite], horizon_bars, bar_minutes * MINUTE_MS) if v.size else 0
     mean = float(v.mean()) if v.size else None
     horizon_ms = horizon_bars * bar_minutes * MINUTE_MS
-    periods = int((times[finite][-1] - times[finite][0]) // horizon_ms) + 1 if v.size else 0
+    periods = span_periods(times[finite], horizon_ms)
     # Minutes inside one horizon share most of their future: with fewer non-overlapping periods
     # than this, no standard error (Newey–West included) means anything.
     se = newey_west_se(v, lag) if periods >= MIN_PERIODS else float("nan")
