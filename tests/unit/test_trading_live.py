@@ -83,7 +83,9 @@ def test_an_intent_becomes_one_exchange_order_with_its_client_id(
     [order] = orders(trader)
     assert (order.status, order.exchange_order_id, order.attempts) == ("filled", "0000000000000000001", 1)
     [pos] = positions(trader)
-    assert pos.entry_price == pytest.approx(server.last_price("BTCUSDT"))
+    # The exchange's fill price, not its last price now, which moves on at the next wall-clock minute.
+    [filled] = server.exchange_orders()
+    assert pos.entry_price == pytest.approx(filled.avg_price)
     # Sized on the exchange's equity (100,000): 750 at risk over a stop 2 % away, on 0.001 lots.
     assert pos.qty == round_down(750 / (one.entry_price * 0.02), 0.001)
     assert account(trader).balance == pytest.approx(100_000 - order.fee)
